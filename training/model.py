@@ -1,0 +1,187 @@
+"""VAE architectures. Every model maps (B, 1, 28, 28) floats in [0, 1] (white on black) to a
+diagonal Gaussian posterior over a latent vector and decodes latents to Bernoulli logits.
+
+`VAE` is what gets scripted and exported: its `@torch.jit.export` methods are the contract
+the service relies on (see `vae_common.checkpoint.REQUIRED_METHODS`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vae_common.pixels import IMAGE_SIZE, PIXELS_PER_IMAGE
+
+Arch = Literal["conv", "mlp"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: Arch = "conv"
+    latent_dim: int = 32
+    # mlp: the reference example's 784-400-20 network.
+    hidden_dim: int = 400
+    # conv: channels of the two stride-2 convolutions (28 -> 14 -> 7) and the dense layer after.
+    conv_channels: tuple[int, int] = (24, 48)
+    conv_hidden_dim: int = 384
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        data = dict(data)
+        data["conv_channels"] = tuple(data["conv_channels"])
+        return cls(**data)
+
+
+def bernoulli_nll(logits: Tensor, x: Tensor) -> Tensor:
+    """Summed per-image BCE: (B, 1, 28, 28) logits and targets in [0, 1] -> (B,)."""
+    return F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
+
+
+def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, I)) per image: (B, D) -> (B,)."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(1)
+
+
+class MLPEncoder(nn.Module):
+    """fc1 784 -> 400, then fc21/fc22 400 -> latent: the reference example's encoder."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(PIXELS_PER_IMAGE, config.hidden_dim)
+        self.fc21 = nn.Linear(config.hidden_dim, config.latent_dim)
+        self.fc22 = nn.Linear(config.hidden_dim, config.latent_dim)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        hidden = F.relu(self.fc1(x.flatten(1)))  # (B, 400)
+        return self.fc21(hidden), self.fc22(hidden)
+
+
+class MLPDecoder(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.fc3 = nn.Linear(config.latent_dim, config.hidden_dim)
+        self.fc4 = nn.Linear(config.hidden_dim, PIXELS_PER_IMAGE)
+
+    def forward(self, z: Tensor) -> Tensor:
+        logits = self.fc4(F.relu(self.fc3(z)))  # (B, 784)
+        return logits.view(-1, 1, IMAGE_SIZE, IMAGE_SIZE)
+
+
+class ConvEncoder(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        c1, c2 = config.conv_channels
+        self.features = nn.Sequential(
+            nn.Conv2d(1, c1, kernel_size=4, stride=2, padding=1),  # (B, c1, 14, 14)
+            nn.SiLU(),
+            nn.Conv2d(c1, c2, kernel_size=4, stride=2, padding=1),  # (B, c2, 7, 7)
+            nn.SiLU(),
+            nn.Flatten(),
+            nn.Linear(c2 * 7 * 7, config.conv_hidden_dim),
+            nn.SiLU(),
+        )
+        self.mu = nn.Linear(config.conv_hidden_dim, config.latent_dim)
+        self.logvar = nn.Linear(config.conv_hidden_dim, config.latent_dim)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        hidden = self.features(x)
+        return self.mu(hidden), self.logvar(hidden)
+
+
+class ConvDecoder(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        c1, c2 = config.conv_channels
+        self.net = nn.Sequential(
+            nn.Linear(config.latent_dim, config.conv_hidden_dim),
+            nn.SiLU(),
+            nn.Linear(config.conv_hidden_dim, c2 * 7 * 7),
+            nn.SiLU(),
+            nn.Unflatten(1, (c2, 7, 7)),
+            nn.ConvTranspose2d(c2, c1, kernel_size=4, stride=2, padding=1),  # (B, c1, 14, 14)
+            nn.SiLU(),
+            nn.ConvTranspose2d(c1, 1, kernel_size=4, stride=2, padding=1),  # (B, 1, 28, 28)
+        )
+
+    def forward(self, z: Tensor) -> Tensor:
+        logits: Tensor = self.net(z)
+        return logits
+
+
+class VAE(nn.Module):
+    """Encoder + decoder with the exported methods the service calls."""
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, latent_dim: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+        self.latent_dim = latent_dim
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """One reparameterised sample: (B, 1, 28, 28) -> logits (B, 1, 28, 28), mu and logvar (B, D)."""
+        mu, logvar = self.encoder(x)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        return self.decoder(z), mu, logvar
+
+    @torch.jit.export
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, 1, 28, 28) -> posterior mean and log-variance, each (B, D)."""
+        mu, logvar = self.encoder(x)
+        return mu, logvar
+
+    @torch.jit.export
+    def decode(self, z: Tensor) -> Tensor:
+        """(B, D) latents -> (B, 1, 28, 28) pixel means in [0, 1]."""
+        return torch.sigmoid(self.decoder(z))
+
+    @torch.jit.export
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """Decode the posterior mean: deterministic, (B, 1, 28, 28) -> (B, 1, 28, 28)."""
+        mu, _ = self.encoder(x)
+        return torch.sigmoid(self.decoder(mu))
+
+    @torch.jit.export
+    def score(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-image reconstruction loss at the posterior mean and analytic KL, each (B,) nats."""
+        mu, logvar = self.encoder(x)
+        return bernoulli_nll(self.decoder(mu), x), gaussian_kl(mu, logvar)
+
+    @torch.jit.export
+    def importance_terms(self, x: Tensor, eps: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Terms of the ELBO and IWAE bounds for K given standard-normal draws.
+
+        x: (B, 1, 28, 28); eps: (K, D). Returns reconstruction loss -log p(x|z_k) (B, K),
+        log importance weights log p(x, z_k) - log q(z_k|x) (B, K) and the analytic KL (B,).
+        Passing eps in (rather than drawing it here) makes the estimates reproducible.
+        """
+        mu, logvar = self.encoder(x)
+        std = torch.exp(0.5 * logvar)
+        batch, k = mu.shape[0], eps.shape[0]
+        z = mu.unsqueeze(1) + std.unsqueeze(1) * eps.unsqueeze(0)  # (B, K, D)
+        logits = self.decoder(z.reshape(batch * k, -1))  # (B*K, 1, 28, 28)
+        targets = x.unsqueeze(1).expand(-1, k, -1, -1, -1).reshape(logits.shape)
+        recon = bernoulli_nll(logits, targets).view(batch, k)
+        log_2pi = math.log(2.0 * math.pi)
+        log_prior = -0.5 * (z.pow(2) + log_2pi).sum(2)  # (B, K)
+        # log N(z; mu, std) at z = mu + std * eps, (B, K)
+        log_posterior = -0.5 * (eps.pow(2) + log_2pi).sum(1).unsqueeze(0) - 0.5 * logvar.sum(
+            1, keepdim=True
+        )
+        log_weights = -recon + log_prior - log_posterior
+        return recon, log_weights, gaussian_kl(mu, logvar)
+
+
+def build_model(config: ModelConfig) -> VAE:
+    if config.arch == "mlp":
+        return VAE(MLPEncoder(config), MLPDecoder(config), config.latent_dim)
+    if config.arch == "conv":
+        return VAE(ConvEncoder(config), ConvDecoder(config), config.latent_dim)
+    raise ValueError(f"unknown architecture {config.arch!r}: expected 'conv' or 'mlp'")
