@@ -300,6 +300,7 @@ def _finish(
     device: torch.device,
     started: float,
 ) -> dict[str, Any]:
+    scripted = script_model(model)  # first, so a scripting error cannot waste the evaluation
     seed_everything(config.seed)
     test_terms = evaluate(model, iterate_batches(splits.test.to(device), 1024, device))
     iwae_generator = torch.Generator().manual_seed(config.seed)
@@ -319,7 +320,6 @@ def _finish(
         "epochs_trained": len(history),
     }
     logger.info("test metrics: %s", metrics)
-    scripted = script_model(model)
     calibration_images = splits.val if len(splits.val) else splits.train
     metadata = {
         "architecture": model_config.to_dict(),

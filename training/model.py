@@ -69,10 +69,11 @@ class MLPDecoder(nn.Module):
         super().__init__()
         self.fc3 = nn.Linear(config.latent_dim, config.hidden_dim)
         self.fc4 = nn.Linear(config.hidden_dim, PIXELS_PER_IMAGE)
+        self.to_image = nn.Unflatten(1, (1, IMAGE_SIZE, IMAGE_SIZE))
 
     def forward(self, z: Tensor) -> Tensor:
         logits = self.fc4(F.relu(self.fc3(z)))  # (B, 784)
-        return logits.view(-1, 1, IMAGE_SIZE, IMAGE_SIZE)
+        return self.to_image(logits)  # (B, 1, 28, 28)
 
 
 class ConvEncoder(nn.Module):

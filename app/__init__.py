@@ -1,0 +1,1 @@
+"""The FastAPI service. Needs only a TorchScript checkpoint; never imports `training`."""

@@ -1,0 +1,54 @@
+"""Service settings, read from the environment with the VAE_ prefix (see the README's table)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL_PATH = Path(__file__).resolve().parent.parent / "models" / "model.pt"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VAE_", env_file=None, extra="ignore")
+
+    model_path: Path = Field(DEFAULT_MODEL_PATH, description="TorchScript checkpoint to serve")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto takes the GPU when there is one"
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    api_key: SecretStr | None = Field(
+        None, description="when set, every endpoint but /healthz, /readyz, /metrics needs it"
+    )
+    max_upload_bytes: int = Field(
+        5 * 1024 * 1024, ge=1024, description="largest request body accepted (413 above)"
+    )
+    max_image_pixels: int = Field(
+        25_000_000, ge=1, description="largest decoded image, width x height (422 above)"
+    )
+    max_batch: int = Field(64, ge=1, le=4096, description="images per /anomaly-score request")
+    max_iwae_k: int = Field(1000, ge=1, le=1000, description="largest k a request may ask for")
+    batch_max_size: int = Field(
+        256, ge=1, description="dynamic batching: most images in one forward pass"
+    )
+    batch_max_delay_ms: float = Field(
+        2.0, ge=0.0, le=1000.0, description="dynamic batching: longest wait to fill a batch"
+    )
+    batch_queue_images: int = Field(
+        4096, ge=1, description="images waiting for the model before requests get 503"
+    )
+    torch_threads: int = Field(0, ge=0, description="intra-op CPU threads; 0 keeps torch's default")
+    workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes")
+    limit_concurrency: int | None = Field(
+        None, ge=1, description="open connections before uvicorn answers 503"
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

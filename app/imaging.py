@@ -1,0 +1,152 @@
+"""Turning uploaded bytes into model input: decode safely, then MNIST-style preprocessing."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from vae_common.pixels import IMAGE_SIZE, FloatImage, mnist_style, to_unit_interval
+
+Preprocess = Literal["mnist", "none"]
+ACCEPTED_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")
+# Pictures are shrunk to this many pixels on their long side before preprocessing: the digit
+# ends up 20 pixels tall anyway, and it bounds the memory a 25-megapixel upload can take.
+WORKING_SIZE = 448
+HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+class ImageInputError(ValueError):
+    """An upload the service cannot use; `status_code` says which 4xx it maps to."""
+
+    status_code = 422
+
+
+class UnsupportedImageError(ImageInputError):
+    status_code = 415
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    gray: FloatImage  # (H, W) float32 in [0, 1], as the picture shows it (no inversion yet)
+    alpha: FloatImage | None  # (H, W) opacity in [0, 1], None when fully opaque
+    original_size: tuple[int, int]  # (width, height) before shrinking
+
+
+def decode_image(data: bytes, max_pixels: int, name: str = "image") -> DecodedImage:
+    """Decode any raster Pillow reads (first frame), refusing oversized or broken files."""
+    if not data:
+        raise ImageInputError(f"{name} is empty: send the bytes of a PNG, JPEG or other image")
+    try:
+        image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+    except UnidentifiedImageError:
+        raise UnsupportedImageError(
+            f"{name} is not an image in a supported format ({', '.join(ACCEPTED_FORMATS)})"
+        ) from None
+    except Image.DecompressionBombError:
+        raise ImageInputError(f"{name} has too many pixels (limit {max_pixels})") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageInputError(
+            f"{name} is {width}x{height} = {width * height} pixels; the limit is {max_pixels}"
+        )
+    if width == 0 or height == 0:
+        raise ImageInputError(f"{name} has no pixels ({width}x{height})")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image.draft("L", (WORKING_SIZE, WORKING_SIZE))  # JPEG: decode at reduced scale
+            image.load()
+            gray, alpha = _to_gray_and_alpha(image)
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombWarning) as exc:
+        reason = str(exc).strip() or type(exc).__name__
+        raise ImageInputError(
+            f"{name} could not be decoded ({reason}); send a complete, valid image file"
+        ) from None
+    return DecodedImage(gray=gray, alpha=alpha, original_size=(width, height))
+
+
+def _to_gray_and_alpha(image: Image.Image) -> tuple[FloatImage, FloatImage | None]:
+    if image.mode in HIGH_BIT_MODES:
+        return _shrink(_high_bit_levels(image)), None
+    has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+    picture = image.convert("LA" if has_alpha else "L")
+    picture.thumbnail((WORKING_SIZE, WORKING_SIZE), Image.Resampling.BOX)
+    levels = np.asarray(picture, dtype=np.float32) / 255.0
+    if not has_alpha:
+        return levels, None
+    return np.ascontiguousarray(levels[..., 0]), np.ascontiguousarray(levels[..., 1])
+
+
+def _high_bit_levels(image: Image.Image) -> FloatImage:
+    """16-bit and 32-bit greyscale -> [0, 1], scaled by the range the data can hold."""
+    values = np.asarray(image, dtype=np.float32)
+    if image.mode == "F":
+        full_scale = 1.0 if float(values.max(initial=0.0)) <= 1.0 else 255.0
+    elif image.mode == "I" and float(values.max(initial=0.0)) <= 255.0:
+        full_scale = 255.0
+    else:
+        full_scale = 65535.0
+    scaled: FloatImage = np.clip(values / full_scale, 0.0, 1.0)
+    return scaled
+
+
+def _shrink(levels: FloatImage) -> FloatImage:
+    height, width = levels.shape
+    if max(height, width) <= WORKING_SIZE:
+        return levels
+    picture = Image.fromarray(levels)
+    picture.thumbnail((WORKING_SIZE, WORKING_SIZE), Image.Resampling.BOX)
+    return np.asarray(picture, dtype=np.float32)
+
+
+def prepare_digit(decoded: DecodedImage, preprocess: Preprocess, name: str = "image") -> FloatImage:
+    """A decoded picture -> (28, 28) MNIST-style pixels in [0, 1]."""
+    if preprocess == "mnist":
+        return mnist_style(decoded.gray, decoded.alpha)
+    if decoded.original_size != (IMAGE_SIZE, IMAGE_SIZE):
+        width, height = decoded.original_size
+        raise ImageInputError(
+            f"{name}: preprocess=none needs a 28x28 MNIST-style image, got {width}x{height}; "
+            "send preprocess=mnist to have it converted"
+        )
+    # Already MNIST-style: white on black; transparent pixels count as background.
+    return decoded.gray if decoded.alpha is None else decoded.gray * decoded.alpha
+
+
+def image_bytes_to_tensor(
+    payloads: list[bytes], preprocess: Preprocess, max_pixels: int, label: str = "files"
+) -> torch.Tensor:
+    """Decode and preprocess several uploads -> (B, 1, 28, 28) float32 batch."""
+    names = [label] if len(payloads) == 1 and label == "file" else [
+        f"{label}[{index}]" for index in range(len(payloads))
+    ]
+    digits = [
+        prepare_digit(decode_image(data, max_pixels, name), preprocess, name)
+        for data, name in zip(payloads, names, strict=True)
+    ]
+    return to_unit_interval(torch.from_numpy(np.stack(digits)))
+
+
+def pixels_to_tensor(rows: list[list[float]]) -> torch.Tensor:
+    """Rows of 784 floats (row-major 28x28, MNIST convention) -> (B, 1, 28, 28), checked."""
+    expected = IMAGE_SIZE * IMAGE_SIZE
+    for index, row in enumerate(rows):
+        if len(row) != expected:
+            raise ImageInputError(f"pixels[{index}] has {len(row)} values; expected {expected}")
+    values = np.asarray(rows, dtype=np.float32).reshape(len(rows), 1, IMAGE_SIZE, IMAGE_SIZE)
+    finite = np.isfinite(values).all(axis=(1, 2, 3))
+    if not finite.all():
+        raise ImageInputError(f"pixels[{int(np.argmin(finite))}] contains NaN or infinity")
+    in_range = ((values >= 0.0) & (values <= 1.0)).all(axis=(1, 2, 3))
+    if not in_range.all():
+        raise ImageInputError(
+            f"pixels[{int(np.argmin(in_range))}] has values outside [0, 1]: "
+            "send floats with 0 = black background and 1 = white ink"
+        )
+    return to_unit_interval(torch.from_numpy(values))

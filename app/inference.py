@@ -1,0 +1,180 @@
+"""What each endpoint does, between parsing (routes) and the model (runtime).
+
+Decoding images and encoding PNGs run in the thread pool; model work goes through the
+dynamic batcher's single inference thread. Nothing here blocks the event loop.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+from collections.abc import Hashable
+
+import numpy as np
+import torch
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+
+from app.batching import DynamicBatcher
+from app.config import Settings
+from app.errors import describe_validation_errors
+from app.imaging import ImageInputError, Preprocess, image_bytes_to_tensor, pixels_to_tensor
+from app.metrics import ServiceMetrics
+from app.runtime import LoadedModel
+from app.schemas import (
+    AnomalyJsonBody,
+    AnomalyOptions,
+    AnomalyResponse,
+    ImageScore,
+    ReconstructOptions,
+    SampleRequest,
+    ScoreName,
+)
+from vae_common.grid import make_grid, png_bytes
+from vae_common.scoring import SCORE_DEFINITIONS, default_samples
+
+RECONSTRUCT_KEY = ("reconstruct",)
+
+
+class UnsupportedMediaTypeError(ImageInputError):
+    status_code = 415
+
+
+def run_batch(model: LoadedModel, key: Hashable, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The batcher's worker: one forward pass for every request queued under `key`."""
+    if key == RECONSTRUCT_KEY:
+        return model.reconstruct(images)
+    _, score_name, k = key  # type: ignore[misc]
+    result = model.score(images, score_name, k)
+    return result.score, result.reconstruction_loss, result.kl
+
+
+def sample_png(model: LoadedModel, request: SampleRequest, seed: int) -> bytes:
+    digits = model.sample(request.n, request.temperature, seed)  # (n, 1, 28, 28)
+    nrow = request.nrow or math.ceil(math.sqrt(request.n))
+    return png_bytes(make_grid(digits, nrow=nrow))
+
+
+async def reconstruct_png(
+    data: bytes,
+    options: ReconstructOptions,
+    settings: Settings,
+    batcher: DynamicBatcher,
+    metrics: ServiceMetrics,
+) -> tuple[bytes, float]:
+    """One uploaded picture -> PNG of its reconstruction (or input|reconstruction) and loss."""
+    x = await run_in_threadpool(
+        image_bytes_to_tensor, [data], options.preprocess, settings.max_image_pixels, "file"
+    )
+    reconstruction, recon_loss = await batcher.submit(RECONSTRUCT_KEY, x)
+    metrics.images.labels("reconstruct").inc()
+    shown = torch.cat([x, reconstruction]) if options.layout == "pair" else reconstruction
+    png = await run_in_threadpool(
+        lambda: png_bytes(make_grid(shown, nrow=len(shown), padding=0), scale=options.scale)
+    )
+    return png, float(recon_loss[0])
+
+
+async def read_anomaly_images(
+    request: Request, preprocess: Preprocess, settings: Settings
+) -> torch.Tensor:
+    """multipart `files`, JSON `images` (base64) or JSON `pixels` -> (B, 1, 28, 28)."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        payloads = await _multipart_files(request, settings.max_batch)
+    elif content_type == "application/json":
+        body = _parse_json_body(await request.body())
+        if body.pixels is not None:
+            _check_count(len(body.pixels), settings.max_batch, "pixels")
+            return await run_in_threadpool(pixels_to_tensor, body.pixels)
+        assert body.images is not None  # guaranteed by AnomalyJsonBody's validator
+        _check_count(len(body.images), settings.max_batch, "images")
+        payloads = [_base64_image(text, index) for index, text in enumerate(body.images)]
+    else:
+        raise UnsupportedMediaTypeError(
+            f"Content-Type {content_type or '(none)'} is not accepted: send multipart/form-data "
+            "with one or more 'files', or application/json with 'images' or 'pixels'"
+        )
+    label = "files" if content_type == "multipart/form-data" else "images"
+    return await run_in_threadpool(
+        image_bytes_to_tensor, payloads, preprocess, settings.max_image_pixels, label
+    )
+
+
+async def score_anomalies(
+    x: torch.Tensor,
+    options: AnomalyOptions,
+    model: LoadedModel,
+    batcher: DynamicBatcher,
+    metrics: ServiceMetrics,
+) -> AnomalyResponse:
+    score_name = options.score.value if options.score else model.default_score
+    k = None if score_name == "reconstruction" else (options.k or default_samples(score_name))
+    scores, recon, kl = await batcher.submit(("score", score_name, k), x)
+    metrics.images.labels("anomaly-score").inc(len(x))
+    threshold = model.threshold(score_name, options.threshold, options.fpr)
+    score_values = scores.numpy().astype(np.float64)
+    percentiles = model.percentiles(score_name, score_values)
+    results = [
+        ImageScore(
+            index=index,
+            score=float(score_values[index]),
+            reconstruction_loss=float(recon[index]),
+            kl=float(kl[index]),
+            percentile=round(float(percentiles[index]), 3),
+            is_anomaly=bool(score_values[index] > threshold.value),
+        )
+        for index in range(len(x))
+    ]
+    return AnomalyResponse(
+        model_id=model.model_id,
+        score=ScoreName(score_name),
+        score_definition=SCORE_DEFINITIONS[score_name],
+        k=k,
+        threshold=threshold.value,
+        threshold_source=threshold.source,
+        results=results,
+    )
+
+
+async def _multipart_files(request: Request, max_batch: int) -> list[bytes]:
+    form = await request.form(max_files=max_batch + 1, max_fields=max_batch + 16)
+    files = form.getlist("files")
+    if not files:
+        raise ImageInputError("no images: send one or more files in the multipart field 'files'")
+    _check_count(len(files), max_batch, "files")
+    payloads = []
+    for index, part in enumerate(files):
+        if not isinstance(part, UploadFile):
+            raise ImageInputError(f"files[{index}] is a text field; attach it as a file")
+        payloads.append(await part.read())
+    return payloads
+
+
+def _parse_json_body(raw: bytes) -> AnomalyJsonBody:
+    try:
+        return AnomalyJsonBody.model_validate(json.loads(raw))
+    except json.JSONDecodeError as exc:
+        raise ImageInputError(f"the body is not valid JSON ({exc.msg} at byte {exc.pos})") from None
+    except ValidationError as exc:
+        raise ImageInputError(describe_validation_errors(exc.errors())) from None
+
+
+def _base64_image(text: str, index: int) -> bytes:
+    if text.startswith("data:") and "," in text:  # accept data URLs as browsers write them
+        text = text.split(",", 1)[1]
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ImageInputError(f"images[{index}] is not valid base64") from None
+
+
+def _check_count(count: int, limit: int, field: str) -> None:
+    if count > limit:
+        raise ImageInputError(
+            f"{count} {field} in one request; at most {limit} (VAE_MAX_BATCH) are accepted"
+        )

@@ -1,0 +1,114 @@
+"""The application factory. Importing this module does no work; `create_app()` does."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from functools import partial
+
+import torch
+from fastapi import Depends, FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from app.batching import BatchStats, DynamicBatcher
+from app.config import Settings, get_settings
+from app.errors import install_error_handlers
+from app.inference import run_batch
+from app.metrics import ServiceMetrics
+from app.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
+from app.routes import operations, reconstruction, sampling, scoring
+from app.runtime import DeviceUnavailableError, load_model
+from app.security import require_api_key
+from vae_common.checkpoint import CheckpointError
+
+logger = logging.getLogger("app")
+
+DESCRIPTION = """
+A variational autoencoder trained on MNIST. Pixels everywhere are floats in [0, 1], white
+digit on black, 28x28. Draw digits from the prior, reconstruct an uploaded picture, or
+score how unlike a handwritten digit an image is, with percentiles calibrated on held-out
+digits.
+"""
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Load, verify and warm up the model; start the batcher; report ready. Any failure
+    here stops start-up (the process exits non-zero) instead of serving half-working."""
+    settings: Settings = app.state.settings
+    metrics: ServiceMetrics = app.state.metrics
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    try:
+        model = await run_in_threadpool(load_model, settings.model_path, settings.device)
+    except (CheckpointError, DeviceUnavailableError) as exc:
+        logger.critical("cannot start: %s", exc)
+        raise
+    logger.info(
+        "model %s loaded from %s on %s in %.2fs",
+        model.model_id, settings.model_path, model.device, model.load_seconds,
+        extra={"model_id": model.model_id, "device": str(model.device)},
+    )
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+    batcher = DynamicBatcher(
+        run_batch=partial(run_batch, model),
+        executor=executor,
+        max_size=settings.batch_max_size,
+        max_delay_s=settings.batch_max_delay_ms / 1000.0,
+        max_queued_images=settings.batch_queue_images,
+        stats=BatchStats(on_batch=partial(_observe_batch, metrics)),
+    )
+    metrics.queued_images.set_function(lambda: batcher.queued_images)
+    batcher.start()
+    app.state.model, app.state.batcher, app.state.ready = model, batcher, True
+    try:
+        yield
+    finally:
+        app.state.ready = False
+        await batcher.stop()
+        executor.shutdown(wait=True)
+
+
+def _observe_batch(metrics: ServiceMetrics, requests: int, images: int, seconds: float) -> None:
+    metrics.batch_images.observe(images)
+    metrics.inference.labels("batch").observe(seconds)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="MNIST VAE service",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,  # served below, behind the API key when one is set
+        openapi_url=None,
+    )
+    app.state.settings = settings
+    app.state.metrics = ServiceMetrics.create()
+    app.state.ready = False
+    install_error_handlers(app)
+    protected = [Depends(require_api_key)]
+    app.include_router(operations.router)
+    app.include_router(operations.protected_router, dependencies=protected)
+    app.include_router(sampling.router, dependencies=protected)
+    app.include_router(reconstruction.router, dependencies=protected)
+    app.include_router(scoring.router, dependencies=protected)
+    _add_docs(app, protected)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)
+    return app
+
+
+def _add_docs(app: FastAPI, dependencies: list[Depends]) -> None:  # type: ignore[valid-type]
+    @app.get("/openapi.json", include_in_schema=False, dependencies=dependencies)
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=dependencies)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - docs")

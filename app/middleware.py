@@ -1,0 +1,131 @@
+"""Pure ASGI middleware (no BaseHTTPMiddleware, so streaming and cancellation stay intact)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+
+from fastapi import HTTPException, status
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.metrics import ServiceMetrics
+
+access_logger = logging.getLogger("app.access")
+REQUEST_ID_HEADER = "X-Request-ID"
+# Echo a caller's request ID only when it is short and plain, so logs cannot be forged.
+_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class BodyTooLargeError(HTTPException):
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            status_code=status.HTTP_413_CONTENT_TOO_LARGE,
+            detail=f"request body exceeds {limit} bytes (VAE_MAX_UPLOAD_BYTES); send a smaller file",
+        )
+
+
+class BodySizeLimitMiddleware:
+    """413 as soon as Content-Length or the bytes received so far pass the limit.
+
+    The body is never buffered here: a declared oversize body is refused before reading,
+    and a chunked one is cut off at the first chunk that crosses the limit.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await _send_json(send, status.HTTP_413_CONTENT_TOO_LARGE, BodyTooLargeError(self.max_bytes).detail)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise BodyTooLargeError(self.max_bytes)
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+class RequestContextMiddleware:
+    """Request ID in and out, one structured access-log line and metrics per request."""
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = Headers(scope=scope).get(REQUEST_ID_HEADER, "")
+        request_id = incoming if _SAFE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        started = time.perf_counter()
+        status_code = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status_code
+            if message["type"] == "http.response.start":
+                status_code = message["status"]
+                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            self._record(scope, request_id, status_code, time.perf_counter() - started)
+
+    def _record(self, scope: Scope, request_id: str, status_code: int, seconds: float) -> None:
+        route = scope.get("route")
+        template = getattr(route, "path", None) or "unmatched"
+        method = scope["method"]
+        self.metrics.requests.labels(template, method, str(status_code)).inc()
+        self.metrics.latency.labels(template, method).observe(seconds)
+        client = scope.get("client")
+        access_logger.info(
+            "%s %s %d %.1fms",
+            method,
+            scope["path"],
+            status_code,
+            seconds * 1000,
+            extra={
+                "request_id": request_id,
+                "method": method,
+                "path": scope["path"],
+                "route": template,
+                "status": status_code,
+                "duration_ms": round(seconds * 1000, 2),
+                "client": f"{client[0]}:{client[1]}" if client else None,
+            },
+        )
+
+
+async def _send_json(send: Send, status_code: int, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status_code,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

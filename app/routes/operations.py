@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response, status
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from app.deps import MetricsDep, ModelDep
+from app.schemas import HealthResponse, ModelCard, ReadyResponse
+
+router = APIRouter(tags=["operations"])
+protected_router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz", response_model=HealthResponse)
+async def healthz() -> HealthResponse:
+    """The process is alive and its event loop answers."""
+    return HealthResponse()
+
+
+@router.get("/readyz", response_model=ReadyResponse, responses={503: {"model": ReadyResponse}})
+async def readyz(request: Request) -> JSONResponse:
+    """200 once the model is loaded, verified and warmed up; 503 before that and when draining."""
+    model = getattr(request.app.state, "model", None)
+    if model is None or not getattr(request.app.state, "ready", False):
+        body = ReadyResponse(status="not ready")
+        return JSONResponse(body.model_dump(), status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
+    body = ReadyResponse(status="ready", model_id=model.model_id, device=str(model.device))
+    return JSONResponse(body.model_dump())
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(metrics: MetricsDep) -> Response:
+    """Prometheus text exposition."""
+    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@protected_router.get("/model")
+async def model_card(model: ModelDep) -> ModelCard:
+    """The model card: architecture, metrics, calibration, sha256, device."""
+    return model.card()

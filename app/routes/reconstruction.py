@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Query, Response, UploadFile
+
+from app.deps import BatcherDep, MetricsDep, ModelDep, SettingsDep
+from app.inference import reconstruct_png
+from app.schemas import ErrorResponse, ReconstructOptions
+
+router = APIRouter(tags=["reconstruction"])
+
+
+@router.post(
+    "/reconstruct",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {"image/png": {}},
+            "description": "28x28 reconstruction (x scale), or input | reconstruction",
+            "headers": {"X-Reconstruction-Loss": {"description": "-log p(x|z=mu) in nats"}},
+        },
+        413: {"model": ErrorResponse},
+        415: {"model": ErrorResponse},
+        422: {"model": ErrorResponse},
+        503: {"model": ErrorResponse},
+    },
+)
+async def reconstruct(
+    file: Annotated[UploadFile, File(description="a picture of one digit, any Pillow format")],
+    options: Annotated[ReconstructOptions, Query()],
+    model: ModelDep,
+    settings: SettingsDep,
+    batcher: BatcherDep,
+    metrics: MetricsDep,
+) -> Response:
+    """Encode an uploaded digit and decode it again."""
+    png, recon_loss = await reconstruct_png(await file.read(), options, settings, batcher, metrics)
+    return Response(
+        png,
+        media_type="image/png",
+        headers={"X-Model-Id": model.model_id, "X-Reconstruction-Loss": f"{recon_loss:.4f}"},
+    )

@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+
+from app.deps import BatcherDep, MetricsDep, ModelDep, SettingsDep
+from app.inference import read_anomaly_images, score_anomalies
+from app.schemas import AnomalyJsonBody, AnomalyOptions, AnomalyResponse, ErrorResponse
+
+router = APIRouter(tags=["scoring"])
+
+# The body is parsed by hand (it may be multipart or JSON), so describe it for /docs here.
+_REQUEST_BODY: dict[str, Any] = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "files": {"type": "array", "items": {"type": "string", "format": "binary"}}
+                },
+                "required": ["files"],
+            }
+        },
+        "application/json": {"schema": AnomalyJsonBody.model_json_schema()},
+    },
+}
+
+
+@router.post(
+    "/anomaly-score",
+    response_model=AnomalyResponse,
+    openapi_extra={"requestBody": _REQUEST_BODY},
+    responses={
+        413: {"model": ErrorResponse},
+        415: {"model": ErrorResponse},
+        422: {"model": ErrorResponse},
+        503: {"model": ErrorResponse},
+    },
+)
+async def anomaly_score(
+    request: Request,
+    options: Annotated[AnomalyOptions, Query()],
+    model: ModelDep,
+    settings: SettingsDep,
+    batcher: BatcherDep,
+    metrics: MetricsDep,
+) -> AnomalyResponse:
+    """Score how unlike MNIST digits the images are; results keep the order of the inputs."""
+    images = await read_anomaly_images(request, options.preprocess, settings)
+    return await score_anomalies(images, options, model, batcher, metrics)

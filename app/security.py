@@ -1,0 +1,32 @@
+"""Optional API key: `Authorization: Bearer <key>` or `X-API-Key: <key>`."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+bearer_scheme = HTTPBearer(auto_error=False, description="Authorization: Bearer <VAE_API_KEY>")
+header_scheme = APIKeyHeader(name="X-API-Key", auto_error=False, description="the VAE_API_KEY")
+
+
+def require_api_key(
+    request: Request,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+    header_key: Annotated[str | None, Depends(header_scheme)],
+) -> None:
+    """No-op when VAE_API_KEY is unset; otherwise a constant-time comparison or 401."""
+    expected = request.app.state.settings.api_key
+    if expected is None:
+        return
+    offered = bearer.credentials if bearer is not None else header_key
+    if offered is None or not hmac.compare_digest(
+        offered.encode(), expected.get_secret_value().encode()
+    ):
+        raise HTTPException(
+            status_code=status.HTTP_401_UNAUTHORIZED,
+            detail="missing or wrong API key: send 'Authorization: Bearer <key>' or 'X-API-Key'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
