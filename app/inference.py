@@ -142,16 +142,19 @@ async def score_anomalies(
 
 
 async def _multipart_files(request: Request, max_batch: int) -> list[bytes]:
-    form = await request.form(max_files=max_batch + 1, max_fields=max_batch + 16)
-    files = form.getlist("files")
-    if not files:
-        raise ImageInputError("no images: send one or more files in the multipart field 'files'")
-    _check_count(len(files), max_batch, "files")
-    payloads = []
-    for index, part in enumerate(files):
-        if not isinstance(part, UploadFile):
-            raise ImageInputError(f"files[{index}] is a text field; attach it as a file")
-        payloads.append(await part.read())
+    # The context manager closes the spooled temporary files the parser created.
+    async with request.form(max_files=max_batch + 1, max_fields=max_batch + 16) as form:
+        files = form.getlist("files")
+        if not files:
+            raise ImageInputError(
+                "no images: send one or more files in the multipart field 'files'"
+            )
+        _check_count(len(files), max_batch, "files")
+        payloads = []
+        for index, part in enumerate(files):
+            if not isinstance(part, UploadFile):
+                raise ImageInputError(f"files[{index}] is a text field; attach it as a file")
+            payloads.append(await part.read())
     return payloads
 
 

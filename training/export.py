@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,11 @@ from vae_common.checkpoint import (
 
 def script_model(model: VAE) -> torch.jit.ScriptModule:
     """A CPU TorchScript copy in eval mode; the original model is left untouched."""
-    scripted: torch.jit.ScriptModule = torch.jit.script(copy.deepcopy(model).cpu().eval())
+    with warnings.catch_warnings():
+        # TorchScript is deprecated upstream, but it is the one format this service's
+        # contract names (a single self-contained file, no Python model code needed).
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated")
+        scripted: torch.jit.ScriptModule = torch.jit.script(copy.deepcopy(model).cpu().eval())
     return scripted
 
 

@@ -84,6 +84,8 @@ def load_checkpoint(path: Path, device: torch.device) -> Checkpoint:
     if missing:
         raise CheckpointError(f"{path} lacks the exported methods {', '.join(missing)}")
     module.eval()
+    for parameter in module.parameters():
+        parameter.requires_grad_(False)  # inference only: no autograd graph, no grad warnings
     return Checkpoint(module=module, metadata=metadata, path=path, file_sha256=file_sha256)
 
 

@@ -1,0 +1,107 @@
+"""Fixtures: a fake MNIST on disk, a tiny checkpoint trained on it by the real `vae-train`
+pipeline, and apps serving it. Nothing here touches the network or ../shared."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from app.config import Settings
+from app.main import create_app
+from tests.synthetic import stroke_digits, write_idx_mnist
+from training.cli import TrainConfig, run
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SHIPPED_MODEL = PROJECT_ROOT / "models" / "model.pt"
+MNIST_SAMPLE = Path(__file__).resolve().parent / "data" / "mnist_sample.npz"
+
+
+@pytest.fixture(scope="session")
+def fake_mnist_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_idx_mnist(tmp_path_factory.mktemp("data"), train_count=320, test_count=96)
+
+
+def tiny_config(data_root: Path, out: Path, **overrides: Any) -> TrainConfig:
+    settings: dict[str, Any] = {
+        "data_root": data_root,
+        "arch": "mlp",
+        "latent_dim": 4,
+        "epochs": 2,
+        "batch_size": 64,
+        "val_size": 64,
+        "iwae_k": 8,
+        "seed": 0,
+        "device": "cpu",
+        "out": out,
+    }
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(fake_mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run folder written by the real training pipeline on the fake MNIST."""
+    out = tmp_path_factory.mktemp("tiny-run")
+    run(tiny_config(fake_mnist_root, out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tiny_run: Path) -> Path:
+    return tiny_run / "model.pt"
+
+
+@pytest.fixture
+def make_app(tiny_model_path: Path) -> Callable[..., FastAPI]:
+    def build(**overrides: Any) -> FastAPI:
+        settings = {"model_path": tiny_model_path, "device": "cpu", **overrides}
+        return create_app(Settings(**settings))
+
+    return build
+
+
+@pytest.fixture
+def client(make_app: Callable[..., FastAPI]) -> Iterator[TestClient]:
+    with TestClient(make_app()) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="session")
+def shipped_client() -> Iterator[TestClient]:
+    with TestClient(create_app(Settings(model_path=SHIPPED_MODEL, device="cpu"))) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="session")
+def mnist_sample() -> np.ndarray:
+    """(N, 28, 28) uint8: real MNIST test digits shipped with the tests (see tests/data)."""
+    with np.load(MNIST_SAMPLE) as data:
+        images: np.ndarray = data["images"]
+    return images
+
+
+def png_of(array: np.ndarray, mode: str | None = None) -> bytes:
+    buffer = io.BytesIO()
+    image = Image.fromarray(array) if mode is None else Image.fromarray(array).convert(mode)
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def encode(image: Image.Image, fmt: str = "PNG", **params: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **params)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def stroke_png() -> bytes:
+    """A 28x28 synthetic digit-like PNG, white on black."""
+    return png_of(stroke_digits(1, seed=123)[0])

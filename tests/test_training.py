@@ -1,0 +1,155 @@
+from __future__ import annotations
+
+import json
+import math
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import tiny_config
+from training.cli import main, run
+from training.data import iterate_batches, load_mnist
+from training.model import ModelConfig, bernoulli_nll, build_model, gaussian_kl
+from training.train import kl_weight
+from vae_common.checkpoint import load_checkpoint, weights_sha256
+
+RUN_FILES = (
+    "model.pt", "model.json", "metrics.jsonl", "loss_curve.png", "reconstructions.png", "samples.png"
+)
+
+
+def test_smoke_run_writes_every_artifact(tiny_run: Path) -> None:
+    for name in RUN_FILES:
+        assert (tiny_run / name).stat().st_size > 0, name
+    epochs = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in epochs] == [1, 2]
+    assert set(epochs[0]["val"]) == {"loss", "recon", "kl"}
+
+
+def test_exported_checkpoint_reloads_and_every_method_runs(tiny_model_path: Path) -> None:
+    checkpoint = load_checkpoint(tiny_model_path, torch.device("cpu"))
+    module, latent = checkpoint.module, checkpoint.latent_dim
+    x = torch.rand(3, 1, 28, 28)
+
+    mu, logvar = module.encode(x)
+    assert mu.shape == logvar.shape == (3, latent)
+    decoded = module.decode(torch.zeros(5, latent))
+    assert decoded.shape == (5, 1, 28, 28)
+    assert 0.0 <= float(decoded.min()) and float(decoded.max()) <= 1.0
+    assert module.reconstruct(x).shape == (3, 1, 28, 28)
+    recon, kl = module.score(x)
+    assert recon.shape == kl.shape == (3,)
+    assert bool((recon > 0).all()) and bool((kl >= 0).all())
+    recon_k, log_weights, kl_again = module.importance_terms(x, torch.randn(7, latent))
+    assert recon_k.shape == log_weights.shape == (3, 7)
+    torch.testing.assert_close(kl_again, kl)
+
+
+def test_embedded_metadata_round_trips_with_the_sidecar(tiny_model_path: Path) -> None:
+    checkpoint = load_checkpoint(tiny_model_path, torch.device("cpu"))
+    sidecar = json.loads(tiny_model_path.with_name("model.json").read_text())
+    assert sidecar.pop("sha256") == checkpoint.file_sha256
+    assert sidecar.pop("size_bytes") == tiny_model_path.stat().st_size
+    assert sidecar == checkpoint.metadata
+    assert checkpoint.metadata["weights_sha256"] == weights_sha256(checkpoint.module)
+    assert checkpoint.metadata["architecture"]["latent_dim"] == 4
+    assert checkpoint.metadata["preprocessing"]["value_range"] == [0.0, 1.0]
+    for key in ("test_neg_elbo", "test_iwae_nll", "active_units", "best_epoch"):
+        assert key in checkpoint.metadata["metrics"]
+    named = checkpoint.metadata["calibration"]["scores"]["neg_elbo"]["named"]
+    assert list(named) == ["p50", "p90", "p95", "p99", "p99.9"]
+    assert checkpoint.metadata["dataset"]["train_images"] == 320 - 64
+
+
+def test_iwae_bound_is_not_looser_than_the_elbo(tiny_model_path: Path) -> None:
+    metrics = load_checkpoint(tiny_model_path, torch.device("cpu")).metadata["metrics"]
+    # Both are per-image estimates on 96 images; the IWAE bound is tighter in expectation.
+    assert metrics["test_iwae_nll"] <= metrics["test_neg_elbo"] + 1.0
+
+
+def test_loss_terms_match_a_hand_computation() -> None:
+    probabilities = [0.9, 0.2, 0.5, 0.7]
+    targets = [1.0, 0.0, 0.25, 0.5]
+    logits = torch.logit(torch.tensor(probabilities)).view(1, 1, 2, 2)
+    x = torch.tensor(targets).view(1, 1, 2, 2)
+    by_hand = -sum(
+        t * math.log(p) + (1 - t) * math.log(1 - p)
+        for p, t in zip(probabilities, targets, strict=True)
+    )
+    assert float(bernoulli_nll(logits, x)[0]) == pytest.approx(by_hand, rel=1e-5)
+
+    mu, logvar = torch.tensor([[0.5, -1.0]]), torch.tensor([[0.0, math.log(0.25)]])
+    kl_by_hand = 0.5 * ((0.25 + 1 - 1 - 0) + (1.0 + 0.25 - 1 - math.log(0.25)))
+    assert float(gaussian_kl(mu, logvar)[0]) == pytest.approx(kl_by_hand, rel=1e-6)
+
+
+def test_kl_warmup_ramps_linearly_to_beta() -> None:
+    assert kl_weight(0, 100, 1.0) == 0.0
+    assert kl_weight(50, 100, 2.0) == 1.0
+    assert kl_weight(500, 100, 1.0) == 1.0
+    assert kl_weight(0, 0, 0.5) == 0.5
+
+
+def test_same_seed_gives_identical_weights(fake_mnist_root: Path, tmp_path: Path) -> None:
+    first = run(tiny_config(fake_mnist_root, tmp_path / "a", epochs=1, iwae_k=2))
+    second = run(tiny_config(fake_mnist_root, tmp_path / "b", epochs=1, iwae_k=2))
+    other_seed = run(tiny_config(fake_mnist_root, tmp_path / "c", epochs=1, iwae_k=2, seed=1))
+    assert first["weights_sha256"] == second["weights_sha256"]
+    assert first["weights_sha256"] != other_seed["weights_sha256"]
+
+
+def test_resume_continues_to_the_same_weights(fake_mnist_root: Path, tmp_path: Path) -> None:
+    # A constant learning rate, so that stopping after epoch 1 and extending to 2 is the same
+    # schedule as running 2 epochs straight.
+    common = {"iwae_k": 2, "lr_schedule": "constant"}
+    straight = run(tiny_config(fake_mnist_root, tmp_path / "straight", epochs=2, **common))
+    run(tiny_config(fake_mnist_root, tmp_path / "resumed", epochs=1, **common))
+    resumed = run(
+        tiny_config(fake_mnist_root, tmp_path / "resumed", epochs=2, resume=True, **common)
+    )
+    assert resumed["weights_sha256"] == straight["weights_sha256"]
+    lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+
+
+def test_missing_data_offline_exits_nonzero_with_one_clear_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def offline(*_: object, **__: object) -> None:
+        raise OSError("network is unreachable (test)")
+
+    monkeypatch.setattr(socket.socket, "connect", offline)
+    monkeypatch.setattr(socket, "create_connection", offline)
+    empty = tmp_path / "nothing-here"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--data-root", str(empty), "--out", str(tmp_path / "out"), "--epochs", "1"])
+    assert exit_info.value.code == 2
+    errors = [record for record in caplog.records if record.levelname == "ERROR"]
+    assert len(errors) == 1
+    message = errors[0].getMessage()
+    assert str(empty.resolve() / "MNIST" / "raw") in message
+    assert "--data-root" in message
+    assert "Traceback" not in message
+
+
+def test_batches_cover_the_split_once_in_the_pixel_convention(fake_mnist_root: Path) -> None:
+    splits = load_mnist(fake_mnist_root, val_size=64)
+    generator = torch.Generator().manual_seed(0)
+    batches = list(iterate_batches(splits.train, 100, torch.device("cpu"), generator))
+    assert [len(batch) for batch in batches] == [100, 100, 56]
+    stacked = torch.cat(batches)
+    assert stacked.dtype == torch.float32 and stacked.shape[1:] == (1, 28, 28)
+    assert 0.0 <= float(stacked.min()) and float(stacked.max()) <= 1.0
+    # Same multiset of images, shuffled: compare sorted per-image sums.
+    expected = (splits.train.float() / 255).sum((1, 2)).sort().values
+    torch.testing.assert_close(stacked.sum((1, 2, 3)).sort().values, expected)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "conv"])
+def test_both_architectures_script_and_keep_the_contract(arch: str) -> None:
+    model = build_model(ModelConfig(arch=arch, latent_dim=3)).eval()  # type: ignore[arg-type]
+    scripted = torch.jit.script(model)
+    x = torch.rand(2, 1, 28, 28)
+    torch.testing.assert_close(scripted.reconstruct(x), model.reconstruct(x))
