@@ -19,7 +19,9 @@ class _OneLineStartupFailure(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         text = record.getMessage()
-        return not (text.startswith("Traceback") and any(e.__name__ in text for e in STARTUP_ERRORS))
+        return not (
+            text.startswith("Traceback") and any(e.__name__ in text for e in STARTUP_ERRORS)
+        )
 
 
 def main() -> None:

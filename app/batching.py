@@ -150,7 +150,9 @@ class DynamicBatcher:
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
         try:
-            outputs = await loop.run_in_executor(self._executor, self._run_batch, batch[0].key, images)
+            outputs = await loop.run_in_executor(
+                self._executor, self._run_batch, batch[0].key, images
+            )
         except Exception as exc:  # deliver the failure to the callers, keep serving
             logger.exception("batch of %d images failed", len(images))
             for request in batch:

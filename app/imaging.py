@@ -123,9 +123,11 @@ def image_bytes_to_tensor(
     payloads: list[bytes], preprocess: Preprocess, max_pixels: int, label: str = "files"
 ) -> torch.Tensor:
     """Decode and preprocess several uploads -> (B, 1, 28, 28) float32 batch."""
-    names = [label] if len(payloads) == 1 and label == "file" else [
-        f"{label}[{index}]" for index in range(len(payloads))
-    ]
+    names = (
+        [label]
+        if len(payloads) == 1 and label == "file"
+        else [f"{label}[{index}]" for index in range(len(payloads))]
+    )
     digits = [
         prepare_digit(decode_image(data, max_pixels, name), preprocess, name)
         for data, name in zip(payloads, names, strict=True)

@@ -35,7 +35,7 @@ from app.schemas import (
     ScoreName,
 )
 from vae_common.grid import make_grid, png_bytes
-from vae_common.scoring import SCORE_DEFINITIONS, default_samples
+from vae_common.scoring import MONTE_CARLO_SCORES, SCORE_DEFINITIONS, default_samples
 
 RECONSTRUCT_KEY = ("reconstruct",)
 
@@ -113,7 +113,7 @@ async def score_anomalies(
     metrics: ServiceMetrics,
 ) -> AnomalyResponse:
     score_name = options.score.value if options.score else model.default_score
-    k = None if score_name == "reconstruction" else (options.k or default_samples(score_name))
+    k = (options.k or default_samples(score_name)) if score_name in MONTE_CARLO_SCORES else None
     scores, recon, kl = await batcher.submit(("score", score_name, k), x)
     metrics.images.labels("anomaly-score").inc(len(x))
     threshold = model.threshold(score_name, options.threshold, options.fpr)

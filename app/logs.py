@@ -19,7 +19,11 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         entry.update(
-            {key: value for key, value in record.__dict__.items() if key not in _STANDARD_ATTRIBUTES}
+            {
+                key: value
+                for key, value in record.__dict__.items()
+                if key not in _STANDARD_ATTRIBUTES
+            }
         )
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)

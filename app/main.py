@@ -50,7 +50,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         raise
     logger.info(
         "model %s loaded from %s on %s in %.2fs",
-        model.model_id, settings.model_path, model.device, model.load_seconds,
+        model.model_id,
+        settings.model_path,
+        model.device,
+        model.load_seconds,
         extra={"model_id": model.model_id, "device": str(model.device)},
     )
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")

@@ -45,7 +45,9 @@ class BodySizeLimitMiddleware:
             return
         declared = Headers(scope=scope).get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await _send_json(send, status.HTTP_413_CONTENT_TOO_LARGE, BodyTooLargeError(self.max_bytes).detail)
+            await _send_json(
+                send, status.HTTP_413_CONTENT_TOO_LARGE, BodyTooLargeError(self.max_bytes).detail
+            )
             return
         received = 0
 

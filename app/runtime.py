@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +14,12 @@ import torch
 from vae_common.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from vae_common.pixels import IMAGE_SIZE
 from vae_common.scoring import (
+    DEFAULT_SCORE,
     SCORE_DEFINITIONS,
     Calibration,
     ScoreBatch,
+    Scorer,
     default_samples,
-    score_images,
 )
 
 logger = logging.getLogger("app.runtime")
@@ -41,10 +42,10 @@ class Thresholds:
 class LoadedModel:
     checkpoint: Checkpoint
     device: torch.device
+    scorer: Scorer
     calibrations: dict[str, Calibration]
     default_score: str
     load_seconds: float = 0.0
-    inference_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def model_id(self) -> str:
@@ -73,7 +74,7 @@ class LoadedModel:
         return reconstruction.cpu(), recon_loss.cpu()
 
     def score(self, x: torch.Tensor, score_name: str, k: int | None) -> ScoreBatch:
-        result = score_images(self.checkpoint.module, x.to(self.device), score_name, k)
+        result = self.scorer.score(x.to(self.device), score_name, k)
         return ScoreBatch(result.score.cpu(), result.reconstruction_loss.cpu(), result.kl.cpu())
 
     def threshold(self, score_name: str, threshold: float | None, fpr: float | None) -> Thresholds:
@@ -128,13 +129,18 @@ def load_model(model_path: Path, device_choice: str) -> LoadedModel:
     started = time.perf_counter()
     device = resolve_device(device_choice)
     checkpoint = load_checkpoint(model_path, device)
-    tables = checkpoint.metadata.get("calibration", {}).get("scores", {})
+    calibration = checkpoint.metadata.get("calibration", {})
+    tables = calibration.get("scores", {})
     missing = [name for name in SCORE_DEFINITIONS if name not in tables]
-    if missing:
-        raise CheckpointError(f"{model_path} has no calibration for the scores {missing}")
+    if missing or "components" not in calibration:
+        raise CheckpointError(
+            f"{model_path} lacks calibration for {missing or ['default score components']}: "
+            "export it with this version of vae-train"
+        )
     calibrations = {name: Calibration.from_table(tables[name]) for name in SCORE_DEFINITIONS}
-    default_score = str(checkpoint.metadata["calibration"].get("default_score", "neg_elbo"))
-    loaded = LoadedModel(checkpoint, device, calibrations, default_score)
+    default_score = str(calibration.get("default_score", DEFAULT_SCORE))
+    scorer = Scorer(checkpoint.module, calibration["components"])
+    loaded = LoadedModel(checkpoint, device, scorer, calibrations, default_score)
     _warm_up(loaded)
     loaded.load_seconds = time.perf_counter() - started
     return loaded

@@ -36,9 +36,13 @@ class SampleRequest(BaseModel):
 
 
 class ScoreName(StrEnum):
+    """Mirrors vae_common.scoring.SCORE_DEFINITIONS (a test keeps the two in step)."""
+
+    typical_upright = "typical_upright"
     reconstruction = "reconstruction"
     neg_elbo = "neg_elbo"
     iwae_nll = "iwae_nll"
+    orientation = "orientation"
 
 
 class ReconstructOptions(BaseModel):

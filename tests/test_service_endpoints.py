@@ -66,7 +66,9 @@ def test_sample_honours_nrow(client: TestClient) -> None:
     assert Image.open(io.BytesIO(response.content)).size == (6 * 30 + 2, 30 + 2)
 
 
-def test_reconstruct_returns_a_28x28_png_and_its_loss(client: TestClient, stroke_png: bytes) -> None:
+def test_reconstruct_returns_a_28x28_png_and_its_loss(
+    client: TestClient, stroke_png: bytes
+) -> None:
     response = client.post("/reconstruct", files={"file": ("digit.png", stroke_png, "image/png")})
     assert response.status_code == 200
     assert response.headers["content-type"] == "image/png"
@@ -107,7 +109,12 @@ def test_anomaly_score_multipart_keeps_input_order(client: TestClient) -> None:
     assert body["score"] and body["score_definition"] and body["model_id"]
     for result in body["results"]:
         assert set(result) == {
-            "index", "score", "reconstruction_loss", "kl", "percentile", "is_anomaly"
+            "index",
+            "score",
+            "reconstruction_loss",
+            "kl",
+            "percentile",
+            "is_anomaly",
         }
         assert 0.0 <= result["percentile"] <= 100.0
 

@@ -33,8 +33,8 @@ def png_with_header_size(width: int, height: int) -> bytes:
 
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     pixels = zlib.compress(b"\x00" * 64)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(
-        b"IEND", b""
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
     )
 
 
@@ -50,7 +50,9 @@ def png_with_header_size(width: int, height: int) -> bytes:
         ({"colour": "red"}, "colour"),
     ],
 )
-def test_sample_rejects_out_of_range_fields(client: TestClient, body: object, fragment: str) -> None:
+def test_sample_rejects_out_of_range_fields(
+    client: TestClient, body: object, fragment: str
+) -> None:
     assert_error(client.post("/sample", json=body), 422, fragment)
 
 
@@ -73,15 +75,21 @@ def test_reconstruct_rejects_a_truncated_png(client: TestClient, stroke_png: byt
 
 
 def test_reconstruct_rejects_an_empty_file(client: TestClient) -> None:
-    assert_error(client.post("/reconstruct", files={"file": ("e.png", b"", "image/png")}), 422, "empty")
+    assert_error(
+        client.post("/reconstruct", files={"file": ("e.png", b"", "image/png")}), 422, "empty"
+    )
 
 
 def test_reconstruct_requires_the_file_field(client: TestClient) -> None:
-    assert_error(client.post("/reconstruct", files={"other": ("x.png", b"x", "image/png")}), 422, "file")
+    assert_error(
+        client.post("/reconstruct", files={"other": ("x.png", b"x", "image/png")}), 422, "file"
+    )
 
 
 @pytest.mark.parametrize(("width", "height"), [(30_000, 30_000), (100_000, 100_000)])
-def test_reconstruct_refuses_a_decompression_bomb(client: TestClient, width: int, height: int) -> None:
+def test_reconstruct_refuses_a_decompression_bomb(
+    client: TestClient, width: int, height: int
+) -> None:
     bomb = png_with_header_size(width, height)
     assert len(bomb) < 200
     response = client.post("/reconstruct", files={"file": ("bomb.png", bomb, "image/png")})
@@ -109,7 +117,9 @@ def test_reconstruct_rejects_bad_options(client: TestClient, stroke_png: bytes, 
     assert_error(response, 422, query.split("=")[0])
 
 
-def test_oversized_upload_gets_413_before_the_body_is_read(make_app: Callable[..., FastAPI]) -> None:
+def test_oversized_upload_gets_413_before_the_body_is_read(
+    make_app: Callable[..., FastAPI],
+) -> None:
     with TestClient(make_app(max_upload_bytes=2048)) as limited:
         response = limited.post(
             "/reconstruct", files={"file": ("big.png", b"\x89PNG" + b"0" * 4096, "image/png")}
@@ -178,7 +188,9 @@ def test_anomaly_score_rejects_other_media_types(client: TestClient) -> None:
 def test_anomaly_score_rejects_more_images_than_max_batch(make_app: Callable[..., FastAPI]) -> None:
     with TestClient(make_app(max_batch=2)) as limited:
         response = limited.post("/anomaly-score", json={"pixels": [[0.0] * 784] * 3})
-        files = [("files", (f"{i}.png", png_of(np.zeros((28, 28), np.uint8)), "")) for i in range(3)]
+        files = [
+            ("files", (f"{i}.png", png_of(np.zeros((28, 28), np.uint8)), "")) for i in range(3)
+        ]
         multipart = limited.post("/anomaly-score", files=files)
     assert_error(response, 422, "at most 2")
     assert multipart.status_code in (400, 422)
@@ -192,8 +204,16 @@ def test_anomaly_score_multipart_needs_files(client: TestClient) -> None:
 
 @pytest.mark.parametrize(
     "query",
-    ["k=0", "k=1001", "score=likelihood", "fpr=0", "fpr=1", "threshold=nan", "fpr=0.1&threshold=3",
-     "unknown=1"],
+    [
+        "k=0",
+        "k=1001",
+        "score=likelihood",
+        "fpr=0",
+        "fpr=1",
+        "threshold=nan",
+        "fpr=0.1&threshold=3",
+        "unknown=1",
+    ],
 )
 def test_anomaly_score_rejects_bad_options(client: TestClient, query: str) -> None:
     response = client.post(f"/anomaly-score?{query}", json={"pixels": [[0.0] * 784]})

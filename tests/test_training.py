@@ -16,7 +16,12 @@ from training.train import kl_weight
 from vae_common.checkpoint import load_checkpoint, weights_sha256
 
 RUN_FILES = (
-    "model.pt", "model.json", "metrics.jsonl", "loss_curve.png", "reconstructions.png", "samples.png"
+    "model.pt",
+    "model.json",
+    "metrics.jsonl",
+    "loss_curve.png",
+    "reconstructions.png",
+    "samples.png",
 )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ from training.data import (
 )
 from training.export import export_checkpoint, script_model
 from training.model import VAE, ModelConfig, build_model
+from training.orientation import fit_orientation_head
 from training.plots import write_loss_curve, write_reconstructions, write_samples
 from training.train import (
     BestWeights,
@@ -39,19 +41,13 @@ from training.train import (
     train_one_epoch,
 )
 from vae_common.pixels import PixelSpec, to_unit_interval
-from vae_common.scoring import (
-    DEFAULT_THRESHOLD_PERCENTILE,
-    NOISE_SEED,
-    SCORE_DEFINITIONS,
-    calibration_table,
-    default_samples,
-    score_images,
-)
+from vae_common.scoring import calibrate_scores
 
 logger = logging.getLogger("vae-train")
 
 LATENT_DEFAULTS = {"conv": 32, "mlp": 20}
 STATE_FILE = "last_state.pt"
+TEST_METRICS_FILE = "test_metrics.json"
 
 
 @dataclass(frozen=True)
@@ -176,7 +172,9 @@ def run(config: TrainConfig) -> dict[str, Any]:
     model = build_model(model_config).to(device)
     train_images, val_images = splits.train.to(device), splits.val.to(device)
     steps_per_epoch = batch_count(train_images, config.batch_size)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    # The orientation head is fitted after training (training/orientation.py), not here.
+    vae_parameters = [*model.encoder.parameters(), *model.decoder.parameters()]
+    optimizer = torch.optim.Adam(vae_parameters, lr=config.lr)
     scheduler = _lr_scheduler(optimizer, config.lr_schedule, config.epochs * steps_per_epoch)
     config.out.mkdir(parents=True, exist_ok=True)
     history, best, step = _start_or_resume(config, model, optimizer, scheduler)
@@ -215,7 +213,7 @@ def run(config: TrainConfig) -> dict[str, Any]:
             " *" if improved else "",
         )
     if best.state is not None:
-        model.load_state_dict(best.state)
+        _load_vae_weights(model, best.state)
     return _finish(config, model, model_config, splits, history, best, device, started)
 
 
@@ -240,13 +238,21 @@ def _start_or_resume(
     if not state_path.exists():
         raise SystemExit(f"vae-train: --resume given but {state_path} does not exist")
     state = torch.load(state_path, map_location="cpu", weights_only=False)
-    model.load_state_dict(state["model"])
+    _load_vae_weights(model, state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"])
     best = BestWeights(state["best_val_loss"], state["best_epoch"], state["best_state"])
     logger.info("resuming %s after epoch %d", config.out, len(state["history"]))
     return list(state["history"]), best, int(state["step"])
+
+
+def _load_vae_weights(model: VAE, state: dict[str, torch.Tensor]) -> None:
+    """Load encoder/decoder weights; the orientation head is refitted after training, so
+    states saved without it (or with an unfitted one) are fine."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or any(not key.startswith("orientation.") for key in missing):
+        raise SystemExit(f"vae-train: saved state does not match the model: {missing + unexpected}")
 
 
 def _save_state(
@@ -300,26 +306,21 @@ def _finish(
     device: torch.device,
     started: float,
 ) -> dict[str, Any]:
-    scripted = script_model(model)  # first, so a scripting error cannot waste the evaluation
-    seed_everything(config.seed)
-    test_terms = evaluate(model, iterate_batches(splits.test.to(device), 1024, device))
-    iwae_generator = torch.Generator().manual_seed(config.seed)
-    logger.info(
-        "test negative ELBO %.2f; estimating IWAE NLL with k=%d", test_terms.loss, config.iwae_k
-    )
-    test_iwae = iwae_nll(model, splits.test.to(device), config.iwae_k, device, iwae_generator)
+    script_model(model)  # first, so a scripting error cannot waste the evaluation below
     metrics = {
-        "test_neg_elbo": round(test_terms.loss, 3),
-        "test_recon": round(test_terms.recon, 3),
-        "test_kl": round(test_terms.kl, 3),
-        "test_iwae_nll": round(test_iwae, 3),
-        "iwae_k": config.iwae_k,
-        "active_units": active_units(model, splits.test.to(device), device),
+        **_test_metrics(config, model, splits, device),
         "best_epoch": best.epoch,
         "best_val_neg_elbo": round(best.val_loss, 3),
         "epochs_trained": len(history),
     }
+    logger.info("fitting the orientation head on the frozen encoder")
+    metrics.update(
+        fit_orientation_head(
+            model, splits.train.to(device), splits.val.to(device), device, config.seed
+        )
+    )
     logger.info("test metrics: %s", metrics)
+    scripted = script_model(model)
     calibration_images = splits.val if len(splits.val) else splits.train
     metadata = {
         "architecture": model_config.to_dict(),
@@ -337,7 +338,10 @@ def _finish(
             "test_images": len(splits.test),
         },
         "metrics": metrics,
-        "calibration": calibrate(scripted, calibration_images),
+        "calibration": {
+            "split": "validation" if len(splits.val) else "train",
+            **calibrate_scores(scripted, to_unit_interval(calibration_images)),
+        },
         "environment": {
             "torch": torch.__version__,
             "python": platform.python_version(),
@@ -351,22 +355,48 @@ def _finish(
     return sidecar
 
 
-def calibrate(scripted: torch.jit.ScriptModule, images: torch.Tensor) -> dict[str, Any]:
-    """Quantiles of every score on `images` (the validation split), through `score_images`."""
-    x = to_unit_interval(images)
-    tables = {}
-    for name in SCORE_DEFINITIONS:
-        k = None if name == "reconstruction" else default_samples(name)
-        scores = torch.cat(
-            [score_images(scripted, chunk, name, k).score for chunk in x.split(1000)]
-        )
-        tables[name] = calibration_table(scores.numpy(), k)
-    return {
-        "split": "validation",
-        "noise_seed": NOISE_SEED,
-        "default_threshold_percentile": DEFAULT_THRESHOLD_PERCENTILE,
-        "scores": tables,
+def _test_metrics(
+    config: TrainConfig, model: VAE, splits: MnistSplits, device: torch.device
+) -> dict[str, Any]:
+    """Test-set figures of the VAE weights; cached in the run folder by a hash of those
+    weights, because the k=1000 IWAE estimate takes minutes and re-exporting a finished run
+    (e.g. to refit the orientation head) does not change it."""
+    vae_hash = _vae_weights_hash(model)
+    cache = config.out / TEST_METRICS_FILE
+    if cache.exists():
+        cached = json.loads(cache.read_text())
+        if cached.get("vae_weights_sha256") == vae_hash and cached.get("iwae_k") == config.iwae_k:
+            logger.info("reusing test metrics from %s", cache)
+            return {key: value for key, value in cached.items() if key != "vae_weights_sha256"}
+    seed_everything(config.seed)
+    test_images = splits.test.to(device)
+    test_terms = evaluate(model, iterate_batches(test_images, 1024, device))
+    logger.info("test negative ELBO %.2f; IWAE NLL with k=%d next", test_terms.loss, config.iwae_k)
+    iwae_generator = torch.Generator().manual_seed(config.seed)
+    metrics = {
+        "test_neg_elbo": round(test_terms.loss, 3),
+        "test_recon": round(test_terms.recon, 3),
+        "test_kl": round(test_terms.kl, 3),
+        "test_iwae_nll": round(
+            iwae_nll(model, test_images, config.iwae_k, device, iwae_generator), 3
+        ),
+        "iwae_k": config.iwae_k,
+        "active_units": active_units(model, test_images, device),
     }
+    cache.write_text(json.dumps({**metrics, "vae_weights_sha256": vae_hash}, indent=2))
+    return metrics
+
+
+def _vae_weights_hash(model: VAE) -> str:
+    """Hash of the encoder and decoder only (the orientation head is fitted afterwards)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        if not name.startswith("orientation."):
+            digest.update(name.encode())
+            digest.update(
+                tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+            )
+    return digest.hexdigest()
 
 
 @torch.no_grad()

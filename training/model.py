@@ -60,7 +60,13 @@ class MLPEncoder(nn.Module):
         self.fc22 = nn.Linear(config.hidden_dim, config.latent_dim)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        hidden = F.relu(self.fc1(x.flatten(1)))  # (B, 400)
+        return self.posterior(self.hidden(x))
+
+    def hidden(self, x: Tensor) -> Tensor:
+        """(B, 1, 28, 28) -> (B, hidden_dim) features."""
+        return F.relu(self.fc1(x.flatten(1)))
+
+    def posterior(self, hidden: Tensor) -> tuple[Tensor, Tensor]:
         return self.fc21(hidden), self.fc22(hidden)
 
 
@@ -93,7 +99,14 @@ class ConvEncoder(nn.Module):
         self.logvar = nn.Linear(config.conv_hidden_dim, config.latent_dim)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        hidden = self.features(x)
+        return self.posterior(self.hidden(x))
+
+    def hidden(self, x: Tensor) -> Tensor:
+        """(B, 1, 28, 28) -> (B, conv_hidden_dim) features."""
+        features: Tensor = self.features(x)
+        return features
+
+    def posterior(self, hidden: Tensor) -> tuple[Tensor, Tensor]:
         return self.mu(hidden), self.logvar(hidden)
 
 
@@ -117,13 +130,43 @@ class ConvDecoder(nn.Module):
         return logits
 
 
-class VAE(nn.Module):
-    """Encoder + decoder with the exported methods the service calls."""
+ORIENTATIONS = 8  # the dihedral group of the square: 4 rotations, each with or without transpose
 
-    def __init__(self, encoder: nn.Module, decoder: nn.Module, latent_dim: int) -> None:
+
+def dihedral(x: Tensor, index: int) -> Tensor:
+    """Element `index` (0..7) of the dihedral group applied to (B, 1, H, W); 0 is the identity."""
+    if index >= 4:
+        x = x.transpose(-1, -2)
+    return torch.rot90(x, index % 4, dims=(-2, -1))
+
+
+class OrientationHead(nn.Module):
+    """Predicts which of the 8 dihedral transforms was applied to a digit, from the encoder's
+    features. Trained after the VAE with the encoder frozen (self-supervised, as in Golan &
+    El-Yaniv 2018 and Hendrycks et al. 2019); -log p(identity | x) measures how un-upright
+    an input looks, which likelihoods alone barely notice for flipped digits."""
+
+    def __init__(self, hidden_dim: int, width: int = 128) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(hidden_dim, width), nn.SiLU(), nn.Linear(width, ORIENTATIONS)
+        )
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        logits: Tensor = self.net(hidden)  # (B, 8)
+        return logits
+
+
+class VAE(nn.Module):
+    """Encoder + decoder (+ orientation head) with the exported methods the service calls."""
+
+    def __init__(
+        self, encoder: nn.Module, decoder: nn.Module, latent_dim: int, hidden_dim: int
+    ) -> None:
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
+        self.orientation = OrientationHead(hidden_dim)
         self.latent_dim = latent_dim
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -156,6 +199,15 @@ class VAE(nn.Module):
         return bernoulli_nll(self.decoder(mu), x), gaussian_kl(mu, logvar)
 
     @torch.jit.export
+    def anomaly_terms(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """One encoder and one decoder pass -> per-image (B,) reconstruction loss at the
+        posterior mean, analytic KL and orientation surprisal -log p(upright | x), in nats."""
+        hidden = self.encoder.hidden(x)
+        mu, logvar = self.encoder.posterior(hidden)
+        upright = torch.log_softmax(self.orientation(hidden), dim=1)[:, 0]
+        return bernoulli_nll(self.decoder(mu), x), gaussian_kl(mu, logvar), -upright
+
+    @torch.jit.export
     def importance_terms(self, x: Tensor, eps: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Terms of the ELBO and IWAE bounds for K given standard-normal draws.
 
@@ -182,7 +234,9 @@ class VAE(nn.Module):
 
 def build_model(config: ModelConfig) -> VAE:
     if config.arch == "mlp":
-        return VAE(MLPEncoder(config), MLPDecoder(config), config.latent_dim)
+        return VAE(MLPEncoder(config), MLPDecoder(config), config.latent_dim, config.hidden_dim)
     if config.arch == "conv":
-        return VAE(ConvEncoder(config), ConvDecoder(config), config.latent_dim)
+        return VAE(
+            ConvEncoder(config), ConvDecoder(config), config.latent_dim, config.conv_hidden_dim
+        )
     raise ValueError(f"unknown architecture {config.arch!r}: expected 'conv' or 'mlp'")

@@ -19,7 +19,7 @@ import torch
 
 METADATA_NAME = "model.json"
 FORMAT_VERSION = 1
-REQUIRED_METHODS = ("encode", "decode", "reconstruct", "score", "importance_terms")
+REQUIRED_METHODS = ("encode", "decode", "reconstruct", "score", "anomaly_terms", "importance_terms")
 
 
 class CheckpointError(RuntimeError):

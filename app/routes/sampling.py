@@ -26,7 +26,9 @@ router = APIRouter(tags=["sampling"])
         422: {"model": ErrorResponse},
     },
 )
-def sample(model: ModelDep, metrics: MetricsDep, body: SampleRequest | None = Body(None)) -> Response:
+def sample(
+    model: ModelDep, metrics: MetricsDep, body: SampleRequest | None = Body(None)
+) -> Response:
     """Draw digits from the prior and return them as one PNG grid (plain `def`: runs in the
     thread pool, off the event loop)."""
     request = body or SampleRequest()
