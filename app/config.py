@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parent.parent / "models" / "model.pt"
@@ -47,6 +47,12 @@ class Settings(BaseSettings):
         None, ge=1, description="open connections before uvicorn answers 503"
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _blank_key_means_no_auth(cls, value: object) -> object:
+        # `VAE_API_KEY=` (as compose writes an unset variable) must not enable auth with "".
+        return None if isinstance(value, str) and not value.strip() else value
 
 
 @lru_cache

@@ -17,6 +17,7 @@ import torch
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
 from app.batching import DynamicBatcher
@@ -142,8 +143,15 @@ async def score_anomalies(
 
 
 async def _multipart_files(request: Request, max_batch: int) -> list[bytes]:
-    # The context manager closes the spooled temporary files the parser created.
-    async with request.form(max_files=max_batch + 1, max_fields=max_batch + 16) as form:
+    # The parser's own caps are set loose (the body-size limit already bounds memory) so that
+    # too many files get this service's 422 below rather than the parser's 400.
+    try:
+        form = await request.form(max_files=max(max_batch + 1, 1000), max_fields=1000)
+    except HTTPException as exc:
+        if exc.status_code == 413:
+            raise
+        raise ImageInputError(f"the multipart body could not be parsed: {exc.detail}") from None
+    try:
         files = form.getlist("files")
         if not files:
             raise ImageInputError(
@@ -155,6 +163,8 @@ async def _multipart_files(request: Request, max_batch: int) -> list[bytes]:
             if not isinstance(part, UploadFile):
                 raise ImageInputError(f"files[{index}] is a text field; attach it as a file")
             payloads.append(await part.read())
+    finally:
+        await form.close()  # deletes the spooled temporary files the parser created
     return payloads
 
 

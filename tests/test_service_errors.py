@@ -248,3 +248,21 @@ def test_errors_never_poison_later_requests(client: TestClient, stroke_png: byte
         assert client.post("/anomaly-score", files={"files": ("b.png", bad, "")}).status_code < 500
     after = client.post("/anomaly-score", files={"files": ("d.png", stroke_png, "")}).json()
     assert json.dumps(before) == json.dumps(after)
+
+
+def test_far_too_many_files_get_the_same_422(make_app: Callable[..., FastAPI]) -> None:
+    tiny = png_of(np.zeros((28, 28), np.uint8))
+    with TestClient(make_app(max_batch=2)) as limited:
+        for count in (3, 40):
+            files = [("files", (f"{i}.png", tiny, "image/png")) for i in range(count)]
+            assert_error(limited.post("/anomaly-score", files=files), 422, "at most 2")
+
+
+def test_malformed_multipart_is_422(client: TestClient) -> None:
+    response = client.post(
+        "/anomaly-score",
+        content=b"--xyz\r\nContent-Disposition: form-data; name=files\r\n\r\nabc",
+        headers={"content-type": "multipart/form-data"},  # no boundary parameter
+    )
+    assert response.status_code in (400, 422)
+    assert isinstance(response.json()["detail"], str)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,10 @@ def load_checkpoint(path: Path, device: torch.device) -> Checkpoint:
     file_sha256 = sha256_bytes(data)
     extra_files = {METADATA_NAME: ""}
     try:
-        module = torch.jit.load(io.BytesIO(data), map_location=device, _extra_files=extra_files)
+        with warnings.catch_warnings():
+            # Deprecated upstream, but TorchScript is this service's checkpoint format.
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.* is deprecated")
+            module = torch.jit.load(io.BytesIO(data), map_location=device, _extra_files=extra_files)
     except Exception as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(

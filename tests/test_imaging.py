@@ -1,0 +1,140 @@
+"""Decoding real-world pictures into MNIST's convention."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image, ImageDraw
+
+from app.imaging import decode_image, prepare_digit
+from tests.conftest import encode, png_of
+from vae_common.pixels import mnist_style, to_unit_interval
+
+
+def dark_digit_on_paper(size: int = 300, paper: int = 235) -> Image.Image:
+    """A '7'-like pen stroke, dark on light paper, as a phone photo would show it."""
+    image = Image.new("L", (size, size), paper)
+    pen = ImageDraw.Draw(image)
+    s = size / 300
+    pen.line([(90 * s, 70 * s), (210 * s, 70 * s), (130 * s, 240 * s)], fill=30, width=int(18 * s))
+    return image
+
+
+def left_half(response_content: bytes) -> np.ndarray:
+    pair = np.asarray(Image.open(io.BytesIO(response_content)))
+    return pair[:, : pair.shape[1] // 2]
+
+
+def test_to_unit_interval_maps_uint8_to_floats_in_0_1() -> None:
+    images = torch.tensor([[[0, 255], [128, 64]]], dtype=torch.uint8).expand(2, 2, 2)
+    with pytest.raises(ValueError, match="28, 28"):
+        to_unit_interval(images)
+    full = torch.zeros(2, 28, 28, dtype=torch.uint8)
+    full[:, 0, 0] = 255
+    converted = to_unit_interval(full)
+    assert converted.shape == (2, 1, 28, 28) and converted.dtype == torch.float32
+    assert float(converted.max()) == 1.0 and float(converted.min()) == 0.0
+
+
+def test_mnist_style_inverts_crops_fits_and_centres() -> None:
+    gray = np.asarray(dark_digit_on_paper(), dtype=np.float32) / 255.0
+    digit = mnist_style(gray)
+    assert digit.shape == (28, 28)
+    assert digit.max() > 0.9  # white ink
+    assert digit[:4].max() < 0.05 and digit[:, :4].max() < 0.05  # black margins
+    rows, cols = np.nonzero(digit > 0.15)
+    assert max(np.ptp(rows), np.ptp(cols)) + 1 <= 21  # fits MNIST's 20x20 box (+ anti-aliasing)
+    mass = digit / digit.sum()
+    centre_row = (mass.sum(1) * np.arange(28)).sum()
+    centre_col = (mass.sum(0) * np.arange(28)).sum()
+    assert abs(centre_row - 13.5) < 1.0 and abs(centre_col - 13.5) < 1.0
+
+
+def test_mnist_style_of_a_blank_picture_is_black() -> None:
+    assert mnist_style(np.ones((40, 30), dtype=np.float32)).max() == 0.0
+
+
+@pytest.mark.parametrize(
+    ("fmt", "mode"),
+    [
+        ("PNG", "L"),
+        ("PNG", "RGB"),
+        ("PNG", "P"),
+        ("JPEG", "L"),
+        ("JPEG", "RGB"),
+        ("BMP", "RGB"),
+        ("GIF", "P"),
+        ("WEBP", "RGB"),
+        ("TIFF", "L"),
+        ("PNG", "1"),
+    ],
+)
+def test_common_formats_and_modes_reconstruct(client: TestClient, fmt: str, mode: str) -> None:
+    data = encode(dark_digit_on_paper(120).convert(mode), fmt)
+    response = client.post(
+        "/reconstruct?layout=pair", files={"file": (f"digit.{fmt.lower()}", data, "")}
+    )
+    assert response.status_code == 200, response.text
+    preprocessed = left_half(response.content)
+    assert preprocessed.max() > 200 and preprocessed[:3].max() < 20
+
+
+def test_rgba_with_transparent_background(client: TestClient) -> None:
+    rgba = Image.new("RGBA", (100, 100), (0, 0, 0, 0))
+    ImageDraw.Draw(rgba).line([(50, 15), (50, 85)], fill=(20, 20, 20, 255), width=10)
+    response = client.post(
+        "/reconstruct?layout=pair", files={"file": ("t.png", encode(rgba), "image/png")}
+    )
+    assert response.status_code == 200
+    preprocessed = left_half(response.content)
+    assert preprocessed[:, 12:16].max() > 200  # the dark stroke became white ink in the middle
+    assert preprocessed[:, :5].max() < 20
+
+
+def test_sixteen_bit_png(client: TestClient) -> None:
+    deep = np.zeros((56, 56), dtype=np.uint16)
+    deep[10:46, 25:31] = 65535
+    image = Image.fromarray(deep)
+    assert image.mode.startswith("I;16")
+    response = client.post(
+        "/reconstruct?layout=pair", files={"file": ("deep.png", encode(image), "image/png")}
+    )
+    assert response.status_code == 200
+    assert left_half(response.content).max() > 200
+
+
+def test_a_one_pixel_image_is_accepted(client: TestClient) -> None:
+    response = client.post(
+        "/reconstruct", files={"file": ("dot.png", png_of(np.full((1, 1), 255, np.uint8)), "")}
+    )
+    assert response.status_code == 200
+    assert Image.open(io.BytesIO(response.content)).size == (28, 28)
+
+
+def test_a_4000x4000_image_is_accepted(client: TestClient) -> None:
+    big = dark_digit_on_paper(4000)
+    data = encode(big, "PNG", optimize=False)
+    assert len(data) < 5 * 1024 * 1024
+    response = client.post("/reconstruct?layout=pair", files={"file": ("big.png", data, "")})
+    assert response.status_code == 200
+    assert left_half(response.content).max() > 200
+
+
+def test_jpeg_photo_of_paper_matches_the_png_preprocessing() -> None:
+    picture = dark_digit_on_paper()
+    from_png = prepare_digit(decode_image(encode(picture), 10**8), "mnist")
+    from_jpeg = prepare_digit(decode_image(encode(picture, "JPEG", quality=85), 10**8), "mnist")
+    assert np.abs(from_png - from_jpeg).mean() < 0.05
+
+
+def test_gif_uses_the_first_frame() -> None:
+    first = dark_digit_on_paper(60)
+    second = Image.new("L", (60, 60), 235)
+    buffer = io.BytesIO()
+    first.convert("P").save(buffer, "GIF", save_all=True, append_images=[second.convert("P")])
+    digit = prepare_digit(decode_image(buffer.getvalue(), 10**8), "mnist")
+    assert digit.max() > 0.8

@@ -1,0 +1,290 @@
+"""Start-up, readiness, auth, dynamic batching and concurrency."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Hashable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+import app.main
+from app.runtime import LoadedModel
+from tests.conftest import PROJECT_ROOT, png_of
+from tests.synthetic import stroke_digits
+from vae_common.checkpoint import CheckpointError
+
+API_KEY = "s3cret-key"
+
+
+# --- readiness and start-up -------------------------------------------------------------
+
+
+def test_readyz_is_503_before_the_lifespan_and_200_after(make_app: Callable[..., FastAPI]) -> None:
+    application = make_app()
+    not_started = TestClient(application)  # no `with`: the lifespan has not run
+    response = not_started.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["status"] == "not ready"
+    assert not_started.post("/sample").status_code == 503
+    with TestClient(application) as started:
+        assert started.get("/readyz").status_code == 200
+    # After shutdown the app reports not ready again.
+    assert TestClient(application).get("/readyz").status_code == 503
+
+
+def test_startup_fails_on_a_corrupt_checkpoint(
+    make_app: Callable[..., FastAPI], tmp_path: Path
+) -> None:
+    corrupt = tmp_path / "model.pt"
+    corrupt.write_bytes(b"this is not a zip archive")
+    with pytest.raises(CheckpointError, match="not a readable TorchScript checkpoint"):
+        with TestClient(make_app(model_path=corrupt)):
+            pass
+
+
+def test_startup_fails_when_the_sha256_does_not_match(
+    make_app: Callable[..., FastAPI], tiny_model_path: Path, tmp_path: Path
+) -> None:
+    copy = tmp_path / "model.pt"
+    shutil.copy(tiny_model_path, copy)
+    sidecar = json.loads(tiny_model_path.with_name("model.json").read_text())
+    sidecar["sha256"] = "0" * 64
+    (tmp_path / "model.json").write_text(json.dumps(sidecar))
+    with pytest.raises(CheckpointError, match="sha256 mismatch"):
+        with TestClient(make_app(model_path=copy)):
+            pass
+
+
+def test_startup_fails_on_tampered_weights(
+    make_app: Callable[..., FastAPI], tiny_model_path: Path, tmp_path: Path
+) -> None:
+    module = torch.jit.load(str(tiny_model_path), _extra_files=(extra := {"model.json": ""}))
+    with torch.no_grad():
+        next(module.parameters()).add_(1.0)
+    tampered = tmp_path / "model.pt"
+    torch.jit.save(module, str(tampered), _extra_files=extra)
+    with pytest.raises(CheckpointError, match="weights sha256 mismatch"):
+        with TestClient(make_app(model_path=tampered)):
+            pass
+
+
+def test_startup_fails_when_the_model_file_is_missing(
+    make_app: Callable[..., FastAPI], tmp_path: Path
+) -> None:
+    with pytest.raises(CheckpointError, match="model file not found"):
+        with TestClient(make_app(model_path=tmp_path / "absent.pt")):
+            pass
+
+
+def test_cuda_without_a_gpu_is_a_clear_startup_error(
+    make_app: Callable[..., FastAPI], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="VAE_DEVICE=cuda but no CUDA GPU"):
+        with TestClient(make_app(device="cuda")):
+            pass
+
+
+@pytest.mark.slow
+def test_process_exits_nonzero_with_one_clear_line_on_a_corrupt_checkpoint(
+    tmp_path: Path,
+) -> None:
+    corrupt = tmp_path / "model.pt"
+    corrupt.write_bytes(b"\x00" * 100)
+    env = {**os.environ, "VAE_MODEL_PATH": str(corrupt), "VAE_PORT": "8765"}
+    result = subprocess.run(
+        [sys.executable, "-m", "app"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    records = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    critical = [r for r in records if r["level"] == "critical"]
+    assert len(critical) == 1
+    assert str(corrupt) in critical[0]["message"]
+    assert "not a readable TorchScript checkpoint" in critical[0]["message"]
+    assert "Traceback" not in result.stderr
+
+
+# --- API key ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def secured(make_app: Callable[..., FastAPI]) -> TestClient:
+    with TestClient(make_app(api_key=API_KEY)) as client:
+        yield client  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("post", "/sample"),
+        ("get", "/model"),
+        ("get", "/docs"),
+        ("get", "/openapi.json"),
+        ("post", "/anomaly-score"),
+        ("post", "/reconstruct"),
+    ],
+)
+def test_auth_on_rejects_requests_without_the_key(
+    secured: TestClient, method: str, path: str
+) -> None:
+    response = getattr(secured, method)(path)
+    assert response.status_code == 401
+    assert "API key" in response.json()["detail"]
+    assert response.headers["www-authenticate"] == "Bearer"
+
+
+def test_auth_on_rejects_a_wrong_key(secured: TestClient) -> None:
+    response = secured.post("/sample", headers={"Authorization": "Bearer wrong"})
+    assert response.status_code == 401
+
+
+@pytest.mark.parametrize(
+    "headers", [{"Authorization": f"Bearer {API_KEY}"}, {"X-API-Key": API_KEY}]
+)
+def test_auth_on_accepts_bearer_or_header_key(secured: TestClient, headers: dict[str, str]) -> None:
+    assert secured.post("/sample", json={"n": 1}, headers=headers).status_code == 200
+    assert secured.get("/model", headers=headers).status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics"])
+def test_auth_on_leaves_probes_and_metrics_open(secured: TestClient, path: str) -> None:
+    assert secured.get(path).status_code == 200
+
+
+def test_auth_off_needs_no_key(client: TestClient) -> None:
+    assert client.post("/sample", json={"n": 1}).status_code == 200
+
+
+def test_a_blank_api_key_setting_means_auth_off(make_app: Callable[..., FastAPI]) -> None:
+    with TestClient(make_app(api_key="  ")) as client:
+        assert client.get("/model").status_code == 200
+
+
+# --- dynamic batching -------------------------------------------------------------------
+
+
+def _score_concurrently(client: TestClient, rows: list[list[float]], query: str) -> list[dict]:  # type: ignore[type-arg]
+    def one(row: list[float]) -> dict:  # type: ignore[type-arg]
+        response = client.post(f"/anomaly-score?{query}", json={"pixels": [row]})
+        assert response.status_code == 200, response.text
+        return response.json()["results"][0]  # type: ignore[no-any-return]
+
+    with ThreadPoolExecutor(max_workers=len(rows)) as pool:
+        return list(pool.map(one, rows))
+
+
+def _batch_sizes(client: TestClient) -> tuple[float, float]:
+    text = client.get("/metrics").text
+    count = float(text.split("vae_batch_images_count ")[1].split()[0])
+    total = float(text.split("vae_batch_images_sum ")[1].split()[0])
+    return count, total
+
+
+@pytest.mark.parametrize("score", ["typical_upright", "neg_elbo"])
+def test_batched_and_unbatched_results_agree(make_app: Callable[..., FastAPI], score: str) -> None:
+    digits = stroke_digits(12, seed=21).astype(np.float32) / 255.0
+    rows = [digit.ravel().tolist() for digit in digits]
+    query = f"score={score}"
+    with TestClient(make_app(batch_max_size=1)) as unbatched:
+        alone = _score_concurrently(unbatched, rows, query)
+        assert _batch_sizes(unbatched) == (12.0, 12.0)
+    with TestClient(make_app(batch_max_size=64, batch_max_delay_ms=200)) as batched:
+        together = _score_concurrently(batched, rows, query)
+        batches, images = _batch_sizes(batched)
+    assert images == 12.0 and batches < 12.0  # some requests really shared a forward pass
+    # Equal up to float32 rounding: BLAS picks kernels by batch size, so the last bits of a
+    # matrix product can differ between a batch of 1 and a batch of 12.
+    for single, shared in zip(alone, together, strict=True):
+        assert shared["index"] == single["index"] == 0
+        assert shared["score"] == pytest.approx(single["score"], rel=1e-4, abs=1e-4)
+        assert shared["reconstruction_loss"] == pytest.approx(
+            single["reconstruction_loss"], rel=1e-5
+        )
+        assert shared["kl"] == pytest.approx(single["kl"], rel=1e-4, abs=1e-5)
+        assert shared["is_anomaly"] == single["is_anomaly"]
+
+
+def test_queue_full_answers_503_with_retry_after(make_app: Callable[..., FastAPI]) -> None:
+    with TestClient(make_app(batch_queue_images=2)) as client:
+        response = client.post("/anomaly-score", json={"pixels": [[0.0] * 784] * 3})
+        assert response.status_code == 503
+        assert response.headers["retry-after"] == "1"
+        assert "capacity" in response.json()["detail"]
+        assert client.post("/anomaly-score", json={"pixels": [[0.0] * 784] * 2}).status_code == 200
+
+
+# --- concurrency ------------------------------------------------------------------------
+
+
+def test_health_answers_while_a_batch_is_being_scored(
+    make_app: Callable[..., FastAPI], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The model runs on its own thread: /healthz must answer while it is busy."""
+    inside_model, release = threading.Event(), threading.Event()
+    real_run_batch = app.main.run_batch
+
+    def slow_run_batch(
+        model: LoadedModel, key: Hashable, images: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        inside_model.set()
+        assert release.wait(timeout=30)
+        return real_run_batch(model, key, images)
+
+    monkeypatch.setattr(app.main, "run_batch", slow_run_batch)
+    with TestClient(make_app()) as client, ThreadPoolExecutor(max_workers=1) as pool:
+        scoring = pool.submit(client.post, "/anomaly-score", json={"pixels": [[0.0] * 784] * 64})
+        assert inside_model.wait(timeout=30)
+        started = time.perf_counter()
+        health = client.get("/healthz")
+        ready = client.get("/readyz")
+        elapsed = time.perf_counter() - started
+        assert not scoring.done()  # the batch is still inside the model
+        release.set()
+        assert scoring.result(timeout=30).status_code == 200
+    assert health.status_code == 200 and ready.status_code == 200
+    assert elapsed < 5.0
+
+
+def test_a_bad_request_does_not_affect_concurrent_good_ones(client: TestClient) -> None:
+    digit = png_of(stroke_digits(1, seed=4)[0])
+    expected = client.post("/anomaly-score", files={"files": ("d.png", digit, "")}).json()
+
+    def good() -> dict:  # type: ignore[type-arg]
+        response = client.post("/anomaly-score", files={"files": ("d.png", digit, "")})
+        assert response.status_code == 200
+        return response.json()  # type: ignore[no-any-return]
+
+    def bad(index: int) -> int:
+        payloads = [b"", b"not an image", digit[: len(digit) // 3]]
+        response = client.post(
+            "/anomaly-score", files={"files": ("b.png", payloads[index % 3], "")}
+        )
+        return response.status_code
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        goods = [pool.submit(good) for _ in range(12)]
+        bads = [pool.submit(bad, i) for i in range(12)]
+        assert all(400 <= future.result() < 500 for future in bads)
+        for future in goods:
+            # Good requests may share a batch with each other (never with the bad ones, which
+            # fail before reaching the model), so compare up to float32 rounding.
+            result, reference = future.result()["results"][0], expected["results"][0]
+            assert result["score"] == pytest.approx(reference["score"], rel=1e-4)
+            assert result["is_anomaly"] == reference["is_anomaly"]
