@@ -38,7 +38,12 @@ from app.schemas import (
 from vae_common.grid import make_grid, png_bytes
 from vae_common.scoring import MONTE_CARLO_SCORES, SCORE_DEFINITIONS, default_samples
 
+# Batch keys name the computation: requests share a forward pass only when keys are equal.
 RECONSTRUCT_KEY = ("reconstruct",)
+
+
+def score_key(score_name: str, k: int | None) -> tuple[str, str, int | None]:
+    return ("score", score_name, k)
 
 
 class UnsupportedMediaTypeError(ImageInputError):
@@ -49,8 +54,8 @@ def run_batch(model: LoadedModel, key: Hashable, images: torch.Tensor) -> tuple[
     """The batcher's worker: one forward pass for every request queued under `key`."""
     if key == RECONSTRUCT_KEY:
         return model.reconstruct(images)
-    _, score_name, k = key  # type: ignore[misc]
-    result = model.score(images, score_name, k)
+    assert isinstance(key, tuple) and key[0] == "score", key
+    result = model.score(images, str(key[1]), key[2])
     return result.score, result.reconstruction_loss, result.kl
 
 
@@ -115,7 +120,7 @@ async def score_anomalies(
 ) -> AnomalyResponse:
     score_name = options.score.value if options.score else model.default_score
     k = (options.k or default_samples(score_name)) if score_name in MONTE_CARLO_SCORES else None
-    scores, recon, kl = await batcher.submit(("score", score_name, k), x)
+    scores, recon, kl = await batcher.submit(score_key(score_name, k), x)
     metrics.images.labels("anomaly-score").inc(len(x))
     threshold = model.threshold(score_name, options.threshold, options.fpr)
     score_values = scores.numpy().astype(np.float64)

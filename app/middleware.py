@@ -24,7 +24,9 @@ class BodyTooLargeError(HTTPException):
     def __init__(self, limit: int) -> None:
         super().__init__(
             status_code=status.HTTP_413_CONTENT_TOO_LARGE,
-            detail=f"request body exceeds {limit} bytes (VAE_MAX_UPLOAD_BYTES); send a smaller file",
+            detail=(
+                f"request body exceeds {limit} bytes (VAE_MAX_UPLOAD_BYTES); send a smaller file"
+            ),
         )
 
 

@@ -63,7 +63,8 @@ class LoadedModel:
         generator = torch.Generator().manual_seed(seed)
         z = torch.randn(n, self.latent_dim, generator=generator) * temperature
         with torch.inference_mode():
-            return self.checkpoint.module.decode(z.to(self.device)).cpu()
+            digits: torch.Tensor = self.checkpoint.module.decode(z.to(self.device))
+        return digits.cpu()
 
     def reconstruct(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 1, 28, 28) -> reconstructions (B, 1, 28, 28) and reconstruction loss (B,)."""

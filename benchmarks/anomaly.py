@@ -39,7 +39,7 @@ def auroc(normal: np.ndarray, anomalous: np.ndarray) -> float:
     ranks = np.empty(len(scores))
     ranks[order] = np.arange(1, len(scores) + 1)
     # Average the ranks of tied scores.
-    unique, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
     rank_sums = np.bincount(inverse, weights=ranks)
     ranks = (rank_sums / counts)[inverse]
     anomaly_ranks = ranks[len(normal) :].sum()
@@ -57,7 +57,8 @@ def load_split(root: Path, dataset: str) -> torch.Tensor:
     from torchvision.datasets import MNIST, FashionMNIST
 
     cls = MNIST if dataset == "mnist" else FashionMNIST
-    return cls(root=str(root), train=False, download=False).data  # (N, 28, 28) uint8
+    images: torch.Tensor = cls(root=str(root), train=False, download=False).data
+    return images  # (N, 28, 28) uint8
 
 
 def anomaly_sets(mnist: torch.Tensor, fashion: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:

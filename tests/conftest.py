@@ -82,10 +82,17 @@ def shipped_client() -> Iterator[TestClient]:
 
 @pytest.fixture(scope="session")
 def mnist_sample() -> np.ndarray:
-    """(N, 28, 28) uint8: real MNIST test digits shipped with the tests (see tests/data)."""
+    """(300, 28, 28) uint8: MNIST test images 9700-9999, shipped under tests/data."""
     with np.load(MNIST_SAMPLE) as data:
         images: np.ndarray = data["images"]
     return images
+
+
+@pytest.fixture(scope="session")
+def mnist_sample_labels() -> np.ndarray:
+    with np.load(MNIST_SAMPLE) as data:
+        labels: np.ndarray = data["labels"]
+    return labels
 
 
 def png_of(array: np.ndarray, mode: str | None = None) -> bytes:

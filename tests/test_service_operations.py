@@ -49,9 +49,11 @@ def test_startup_fails_on_a_corrupt_checkpoint(
 ) -> None:
     corrupt = tmp_path / "model.pt"
     corrupt.write_bytes(b"this is not a zip archive")
-    with pytest.raises(CheckpointError, match="not a readable TorchScript checkpoint"):
-        with TestClient(make_app(model_path=corrupt)):
-            pass
+    with (
+        pytest.raises(CheckpointError, match="not a readable TorchScript checkpoint"),
+        TestClient(make_app(model_path=corrupt)),
+    ):
+        pass
 
 
 def test_startup_fails_when_the_sha256_does_not_match(
@@ -62,9 +64,11 @@ def test_startup_fails_when_the_sha256_does_not_match(
     sidecar = json.loads(tiny_model_path.with_name("model.json").read_text())
     sidecar["sha256"] = "0" * 64
     (tmp_path / "model.json").write_text(json.dumps(sidecar))
-    with pytest.raises(CheckpointError, match="sha256 mismatch"):
-        with TestClient(make_app(model_path=copy)):
-            pass
+    with (
+        pytest.raises(CheckpointError, match="sha256 mismatch"),
+        TestClient(make_app(model_path=copy)),
+    ):
+        pass
 
 
 def test_startup_fails_on_tampered_weights(
@@ -75,26 +79,32 @@ def test_startup_fails_on_tampered_weights(
         next(module.parameters()).add_(1.0)
     tampered = tmp_path / "model.pt"
     torch.jit.save(module, str(tampered), _extra_files=extra)
-    with pytest.raises(CheckpointError, match="weights sha256 mismatch"):
-        with TestClient(make_app(model_path=tampered)):
-            pass
+    with (
+        pytest.raises(CheckpointError, match="weights sha256 mismatch"),
+        TestClient(make_app(model_path=tampered)),
+    ):
+        pass
 
 
 def test_startup_fails_when_the_model_file_is_missing(
     make_app: Callable[..., FastAPI], tmp_path: Path
 ) -> None:
-    with pytest.raises(CheckpointError, match="model file not found"):
-        with TestClient(make_app(model_path=tmp_path / "absent.pt")):
-            pass
+    with (
+        pytest.raises(CheckpointError, match="model file not found"),
+        TestClient(make_app(model_path=tmp_path / "absent.pt")),
+    ):
+        pass
 
 
 def test_cuda_without_a_gpu_is_a_clear_startup_error(
     make_app: Callable[..., FastAPI], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(RuntimeError, match="VAE_DEVICE=cuda but no CUDA GPU"):
-        with TestClient(make_app(device="cuda")):
-            pass
+    with (
+        pytest.raises(RuntimeError, match="VAE_DEVICE=cuda but no CUDA GPU"),
+        TestClient(make_app(device="cuda")),
+    ):
+        pass
 
 
 @pytest.mark.slow

@@ -42,7 +42,7 @@ def test_exported_checkpoint_reloads_and_every_method_runs(tiny_model_path: Path
     assert mu.shape == logvar.shape == (3, latent)
     decoded = module.decode(torch.zeros(5, latent))
     assert decoded.shape == (5, 1, 28, 28)
-    assert 0.0 <= float(decoded.min()) and float(decoded.max()) <= 1.0
+    assert float(decoded.min()) >= 0.0 and float(decoded.max()) <= 1.0
     assert module.reconstruct(x).shape == (3, 1, 28, 28)
     recon, kl = module.score(x)
     assert recon.shape == kl.shape == (3,)
@@ -146,7 +146,7 @@ def test_batches_cover_the_split_once_in_the_pixel_convention(fake_mnist_root: P
     assert [len(batch) for batch in batches] == [100, 100, 56]
     stacked = torch.cat(batches)
     assert stacked.dtype == torch.float32 and stacked.shape[1:] == (1, 28, 28)
-    assert 0.0 <= float(stacked.min()) and float(stacked.max()) <= 1.0
+    assert float(stacked.min()) >= 0.0 and float(stacked.max()) <= 1.0
     # Same multiset of images, shuffled: compare sorted per-image sums.
     expected = (splits.train.float() / 255).sum((1, 2)).sort().values
     torch.testing.assert_close(stacked.sum((1, 2, 3)).sort().values, expected)

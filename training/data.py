@@ -36,9 +36,10 @@ def read_mnist_images(root: Path, train: bool, download: bool = True) -> torch.T
         with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
             dataset = MNIST(root=str(root), train=train, download=download)
     except Exception as exc:
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
         raise DatasetUnavailableError(
             f"MNIST is not under {root.resolve() / 'MNIST' / 'raw'} and could not be downloaded "
-            f"({type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}). "
+            f"({type(exc).__name__}: {reason}). "
             "Fix: point --data-root (or VAE_DATA_ROOT) at a folder holding MNIST/raw/ "
             "in torchvision's layout, or run once with internet access."
         ) from None

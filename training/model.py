@@ -79,7 +79,8 @@ class MLPDecoder(nn.Module):
 
     def forward(self, z: Tensor) -> Tensor:
         logits = self.fc4(F.relu(self.fc3(z)))  # (B, 784)
-        return self.to_image(logits)  # (B, 1, 28, 28)
+        image: Tensor = self.to_image(logits)  # (B, 1, 28, 28)
+        return image
 
 
 class ConvEncoder(nn.Module):
@@ -161,7 +162,11 @@ class VAE(nn.Module):
     """Encoder + decoder (+ orientation head) with the exported methods the service calls."""
 
     def __init__(
-        self, encoder: nn.Module, decoder: nn.Module, latent_dim: int, hidden_dim: int
+        self,
+        encoder: MLPEncoder | ConvEncoder,
+        decoder: MLPDecoder | ConvDecoder,
+        latent_dim: int,
+        hidden_dim: int,
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -170,7 +175,7 @@ class VAE(nn.Module):
         self.latent_dim = latent_dim
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """One reparameterised sample: (B, 1, 28, 28) -> logits (B, 1, 28, 28), mu and logvar (B, D)."""
+        """One reparameterised sample: (B, 1, 28, 28) -> logits (B, 1, 28, 28), mu, logvar (B, D)"""
         mu, logvar = self.encoder(x)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
         return self.decoder(z), mu, logvar

@@ -50,7 +50,7 @@ def train_one_epoch(
     warmup_steps: int,
     beta: float,
 ) -> tuple[LossTerms, int]:
-    """One pass over `batches` of (B, 1, 28, 28) images; returns the mean terms and the next step."""
+    """One pass over (B, 1, 28, 28) `batches`; returns the mean terms and the next step."""
     model.train()
     totals = torch.zeros(3)
     count = 0

@@ -132,5 +132,6 @@ def _check_weights(module: torch.nn.Module, metadata: dict[str, Any], path: Path
     actual = weights_sha256(module)
     if expected != actual:
         raise CheckpointError(
-            f"weights sha256 mismatch for {path}: metadata says {expected}, weights hash to {actual}"
+            f"weights sha256 mismatch for {path}: "
+            f"metadata says {expected}, weights hash to {actual}"
         )

@@ -42,7 +42,7 @@ class PixelSpec:
 
 
 def to_unit_interval(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, 28, 28) or (B, 1, 28, 28), or floats already in [0, 1] -> float32 (B, 1, 28, 28)."""
+    """uint8 or [0, 1] floats, (B, 28, 28) or (B, 1, 28, 28) -> float32 (B, 1, 28, 28)."""
     if images.dim() == 3:
         images = images.unsqueeze(1)
     if images.dim() != 4 or images.shape[1:] != (1, IMAGE_SIZE, IMAGE_SIZE):

@@ -129,7 +129,8 @@ class Calibration:
 
     def percentile(self, scores: np.ndarray) -> np.ndarray:
         """Share of validation digits (in %) scoring at or below each score."""
-        return np.interp(scores, self.values, self.levels, left=0.0, right=100.0)
+        percentiles: np.ndarray = np.interp(scores, self.values, self.levels, left=0.0, right=100.0)
+        return percentiles
 
     def threshold_for_fpr(self, fpr: float) -> float:
         """Score above which a fraction `fpr` of validation digits lie."""
