@@ -115,11 +115,16 @@ async def score_anomalies(
     x: torch.Tensor,
     options: AnomalyOptions,
     model: LoadedModel,
+    settings: Settings,
     batcher: DynamicBatcher,
     metrics: ServiceMetrics,
 ) -> AnomalyResponse:
     score_name = options.score.value if options.score else model.default_score
-    k = (options.k or default_samples(score_name)) if score_name in MONTE_CARLO_SCORES else None
+    k = None
+    if score_name in MONTE_CARLO_SCORES:
+        k = options.k or min(default_samples(score_name) or 1, settings.max_iwae_k)
+    if k is not None and k > settings.max_iwae_k:
+        raise ImageInputError(f"k must be at most {settings.max_iwae_k} (VAE_MAX_IWAE_K), got {k}")
     scores, recon, kl = await batcher.submit(score_key(score_name, k), x)
     metrics.images.labels("anomaly-score").inc(len(x))
     threshold = model.threshold(score_name, options.threshold, options.fpr)

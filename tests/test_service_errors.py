@@ -266,3 +266,14 @@ def test_malformed_multipart_is_422(client: TestClient) -> None:
     )
     assert response.status_code in (400, 422)
     assert isinstance(response.json()["detail"], str)
+
+
+def test_k_above_the_configured_limit_is_422(make_app: Callable[..., FastAPI]) -> None:
+    with TestClient(make_app(max_iwae_k=32)) as limited:
+        response = limited.post(
+            "/anomaly-score?score=iwae_nll&k=33", json={"pixels": [[0.0] * 784]}
+        )
+        allowed = limited.post("/anomaly-score?score=iwae_nll&k=32", json={"pixels": [[0.0] * 784]})
+    assert_error(response, 422, "at most 32", "VAE_MAX_IWAE_K")
+    assert allowed.status_code == 200
+    assert allowed.json()["k"] == 32

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from training.card import render_card
 from training.data import (
     DatasetUnavailableError,
     MnistSplits,
@@ -346,10 +347,12 @@ def _finish(
             "torch": torch.__version__,
             "python": platform.python_version(),
             "device": str(device),
-            "wall_time_s": timed(started),
+            "wall_time_s": timed(started),  # this process (a resumed run: its last part)
+            "train_seconds": round(sum(row["seconds"] for row in history), 1),
         },
     }
     sidecar = export_checkpoint(scripted, metadata, config.out / "model.pt")
+    (config.out / "MODEL_CARD.md").write_text(render_card(sidecar))
     _write_figures(model, splits, history, config.out, device)
     logger.info("wrote %s (%s)", config.out / "model.pt", sidecar["model_id"])
     return sidecar

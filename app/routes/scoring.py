@@ -49,4 +49,4 @@ async def anomaly_score(
 ) -> AnomalyResponse:
     """Score how unlike MNIST digits the images are; results keep the order of the inputs."""
     images = await read_anomaly_images(request, options.preprocess, settings)
-    return await score_anomalies(images, options, model, batcher, metrics)
+    return await score_anomalies(images, options, model, settings, batcher, metrics)

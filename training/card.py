@@ -1,0 +1,52 @@
+"""The human-readable model card written beside every exported checkpoint."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def render_card(sidecar: dict[str, Any]) -> str:
+    metrics, arch = sidecar["metrics"], sidecar["architecture"]
+    training, data, env = sidecar["training"], sidecar["dataset"], sidecar["environment"]
+    calibration = sidecar["calibration"]
+    rows = [
+        ("test negative ELBO (nats/image, 1 sample)", metrics["test_neg_elbo"]),
+        (f"test IWAE NLL (k = {metrics['iwae_k']})", metrics["test_iwae_nll"]),
+        ("test reconstruction / KL", f"{metrics['test_recon']} / {metrics['test_kl']}"),
+        ("active latent units", f"{metrics['active_units']} of {arch['latent_dim']}"),
+        (
+            "best epoch (validation -ELBO)",
+            f"{metrics['best_epoch']} ({metrics['best_val_neg_elbo']})",
+        ),
+        ("orientation head accuracy (validation, 8 classes)", metrics["orientation_val_accuracy"]),
+    ]
+    default = calibration["default_score"]
+    named = calibration["scores"][default]["named"]
+    lines = [
+        f"# Model card: `{sidecar['model_id']}`",
+        "",
+        f"A `{arch['arch']}` VAE with a {arch['latent_dim']}-dimensional latent, trained by "
+        f"`vae-train` on MNIST ({data['train_images']} training, {data['val_images']} validation, "
+        f"{data['test_images']} test images) for {metrics['epochs_trained']} epochs on "
+        f"{env['device']} ({env['train_seconds'] / 60:.1f} min of training epochs; "
+        f"torch {env['torch']}).",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        *[f"| {name} | {value} |" for name, value in rows],
+        "",
+        f"Input: {sidecar['preprocessing']['height']}x{sidecar['preprocessing']['width']} floats "
+        f"in [0, 1], {sidecar['preprocessing']['polarity']}.",
+        "",
+        f"Anomaly score `{default}` on the validation split: "
+        + ", ".join(f"{name} {value:.3f}" for name, value in named.items())
+        + f"; the default threshold is p{calibration['default_threshold_percentile']:g}.",
+        "",
+        "Training: " + ", ".join(f"`{key}={value}`" for key, value in training.items()) + ".",
+        "",
+        f"Files: `model.pt` sha256 `{sidecar['sha256']}` ({sidecar['size_bytes']} bytes); "
+        f"weights sha256 `{sidecar['weights_sha256']}`; dataset fingerprint "
+        f"`{data['fingerprint_sha256']}`.",
+        "",
+    ]
+    return "\n".join(lines)
