@@ -55,7 +55,14 @@ def paper_photo(digit: str, size: int = 300, seed: int = 0) -> Image.Image:
     if digit == "7":
         pen.line([(95 * s, 75 * s), (205 * s, 70 * s), (135 * s, 235 * s)], fill=35, width=width)
     elif digit == "0":
-        pen.ellipse([105 * s, 60 * s, 195 * s, 240 * s], outline=35, width=width)
+        # A slanted oval, drawn on its own layer and rotated, as handwritten zeros lean.
+        oval = Image.new("L", (size, size), 0)
+        ImageDraw.Draw(oval).ellipse(
+            [88 * s, 62 * s, 212 * s, 238 * s], outline=255, width=int(22 * s)
+        )
+        ink = np.asarray(oval.rotate(-18, resample=Image.Resampling.BILINEAR), np.float32) / 255
+        pixels = np.asarray(image, np.float32) * (1 - ink) + 35 * ink
+        image = Image.fromarray(pixels.astype(np.uint8))
     else:
         raise ValueError(f"no drawing for digit {digit!r}")
     return image.filter(ImageFilter.GaussianBlur(1.2 * s))

@@ -32,7 +32,7 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def live_server() -> Iterator[str]:
+def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     env = {
         **os.environ,
@@ -42,19 +42,16 @@ def live_server() -> Iterator[str]:
         "VAE_DEVICE": "cpu",
         "VAE_LOG_LEVEL": "warning",
     }
+    log_path = tmp_path_factory.mktemp("server") / "stderr.log"
+    log = log_path.open("w")  # a file, not a pipe: a full pipe would stall the server
     server = subprocess.Popen(
-        [sys.executable, "-m", "app"],
-        cwd=PROJECT_ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+        [sys.executable, "-m", "app"], cwd=PROJECT_ROOT, env=env, stdout=log, stderr=log
     )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            assert server.poll() is None, server.stderr.read() if server.stderr else ""
+            assert server.poll() is None, log_path.read_text()
             try:
                 if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
                     break
@@ -67,6 +64,7 @@ def live_server() -> Iterator[str]:
     finally:
         server.terminate()
         server.wait(timeout=30)
+        log.close()
 
 
 def latent_nearest_label(image: np.ndarray, sample: np.ndarray, labels: np.ndarray) -> int:

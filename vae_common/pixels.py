@@ -59,7 +59,8 @@ def mnist_style(gray: FloatImage, alpha: FloatImage | None = None) -> FloatImage
 
     MNIST's own recipe: flatten transparency onto the background, make the digit white on
     black (inverting a light background), crop to the ink, fit into 20x20 keeping the aspect
-    ratio (with anti-aliasing), then place it so its centre of mass is the centre of 28x28.
+    ratio (with anti-aliasing), stretch the strokes to full white, then place it so its
+    centre of mass is the centre of 28x28.
     A picture with no ink at all comes back black.
     """
     if gray.ndim != 2 or gray.size == 0:
@@ -76,6 +77,9 @@ def mnist_style(gray: FloatImage, alpha: FloatImage | None = None) -> FloatImage
         return np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
     top, bottom, left, right = box
     digit = _fit_into_box(ink[top:bottom, left:right], DIGIT_BOX)
+    # MNIST's sources were bilevel scans: its strokes always reach full white. Stretch so
+    # that a photo's grey, anti-aliased strokes do too.
+    digit = np.clip(digit / max(float(digit.max()), 1e-6), 0.0, 1.0)
     return _centre_by_mass(digit)
 
 
