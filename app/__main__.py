@@ -38,6 +38,7 @@ def main() -> None:
         limit_concurrency=settings.limit_concurrency,
         log_config=None,
         access_log=False,
+        timeout_keep_alive=settings.keep_alive_s,
         timeout_graceful_shutdown=10,
     )
 

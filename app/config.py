@@ -36,13 +36,19 @@ class Settings(BaseSettings):
         256, ge=1, description="dynamic batching: most images in one forward pass"
     )
     batch_max_delay_ms: float = Field(
-        2.0, ge=0.0, le=1000.0, description="dynamic batching: longest wait to fill a batch"
+        5.0, ge=0.0, le=1000.0, description="dynamic batching: longest wait to fill a batch"
     )
     batch_queue_images: int = Field(
         4096, ge=1, description="images waiting for the model before requests get 503"
     )
     torch_threads: int = Field(0, ge=0, description="intra-op CPU threads; 0 keeps torch's default")
     workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes")
+    threadpool_size: int = Field(
+        8, ge=1, le=256, description="threads decoding uploads and encoding PNGs"
+    )
+    keep_alive_s: float = Field(
+        30.0, gt=0, le=3600, description="how long an idle keep-alive connection stays open"
+    )
     limit_concurrency: int | None = Field(
         None, ge=1, description="open connections before uvicorn answers 503"
     )

@@ -1,4 +1,8 @@
-"""Typed dependencies: handlers ask for what they need, tests override it."""
+"""Typed dependencies: handlers ask for what they need, tests override it.
+
+They are `async def` on purpose: they only read app.state, and FastAPI runs a plain `def`
+dependency in the thread pool, which would cost a thread hand-off per dependency per request.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +16,12 @@ from app.metrics import ServiceMetrics
 from app.runtime import LoadedModel
 
 
-def get_app_settings(request: Request) -> Settings:
+async def get_app_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_model(request: Request) -> LoadedModel:
+async def get_model(request: Request) -> LoadedModel:
     model: LoadedModel | None = getattr(request.app.state, "model", None)
     if model is None:
         raise HTTPException(
@@ -28,12 +32,12 @@ def get_model(request: Request) -> LoadedModel:
     return model
 
 
-def get_batcher(request: Request) -> DynamicBatcher:
+async def get_batcher(request: Request) -> DynamicBatcher:
     batcher: DynamicBatcher = request.app.state.batcher
     return batcher
 
 
-def get_metrics(request: Request) -> ServiceMetrics:
+async def get_metrics(request: Request) -> ServiceMetrics:
     metrics: ServiceMetrics = request.app.state.metrics
     return metrics
 

@@ -71,6 +71,16 @@ def decode_image(data: bytes, max_pixels: int, name: str = "image") -> DecodedIm
     return DecodedImage(gray=gray, alpha=alpha, original_size=(width, height))
 
 
+def is_small_image(data: bytes, max_side: int) -> bool:
+    """Whether `data` is a readable image no larger than max_side x max_side (header only)."""
+    try:
+        with Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS) as image:
+            width, height = image.size
+    except Exception:  # the full decode, off the event loop, reports what is wrong
+        return False
+    return width <= max_side and height <= max_side
+
+
 def _to_gray_and_alpha(image: Image.Image) -> tuple[FloatImage, FloatImage | None]:
     if image.mode in HIGH_BIT_MODES:
         return _shrink(_high_bit_levels(image)), None

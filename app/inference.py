@@ -23,7 +23,13 @@ from starlette.requests import Request
 from app.batching import DynamicBatcher
 from app.config import Settings
 from app.errors import describe_validation_errors
-from app.imaging import ImageInputError, Preprocess, image_bytes_to_tensor, pixels_to_tensor
+from app.imaging import (
+    ImageInputError,
+    Preprocess,
+    image_bytes_to_tensor,
+    is_small_image,
+    pixels_to_tensor,
+)
 from app.metrics import ServiceMetrics
 from app.runtime import LoadedModel
 from app.schemas import (
@@ -40,6 +46,10 @@ from vae_common.scoring import MONTE_CARLO_SCORES, SCORE_DEFINITIONS, default_sa
 
 # Batch keys name the computation: requests share a forward pass only when keys are equal.
 RECONSTRUCT_KEY = ("reconstruct",)
+# A few MNIST-sized images decode in tens of microseconds: less than handing them to a
+# thread costs. Anything larger is decoded in the thread pool, off the event loop.
+INLINE_DECODE_MAX_IMAGES = 4
+INLINE_DECODE_MAX_SIDE = 64
 
 
 def score_key(score_name: str, k: int | None) -> tuple[str, str, int | None]:
@@ -73,9 +83,7 @@ async def reconstruct_png(
     metrics: ServiceMetrics,
 ) -> tuple[bytes, float]:
     """One uploaded picture -> PNG of its reconstruction (or input|reconstruction) and loss."""
-    x = await run_in_threadpool(
-        image_bytes_to_tensor, [data], options.preprocess, settings.max_image_pixels, "file"
-    )
+    x = await decode_uploads([data], options.preprocess, settings.max_image_pixels, "file")
     reconstruction, recon_loss = await batcher.submit(RECONSTRUCT_KEY, x)
     metrics.images.labels("reconstruct").inc()
     shown = torch.cat([x, reconstruction]) if options.layout == "pair" else reconstruction
@@ -106,9 +114,18 @@ async def read_anomaly_images(
             "with one or more 'files', or application/json with 'images' or 'pixels'"
         )
     label = "files" if content_type == "multipart/form-data" else "images"
-    return await run_in_threadpool(
-        image_bytes_to_tensor, payloads, preprocess, settings.max_image_pixels, label
-    )
+    return await decode_uploads(payloads, preprocess, settings.max_image_pixels, label)
+
+
+async def decode_uploads(
+    payloads: list[bytes], preprocess: Preprocess, max_pixels: int, label: str
+) -> torch.Tensor:
+    """Image files -> (B, 1, 28, 28); inline when tiny, else in the thread pool."""
+    if len(payloads) <= INLINE_DECODE_MAX_IMAGES and all(
+        is_small_image(data, INLINE_DECODE_MAX_SIDE) for data in payloads
+    ):
+        return image_bytes_to_tensor(payloads, preprocess, max_pixels, label)
+    return await run_in_threadpool(image_bytes_to_tensor, payloads, preprocess, max_pixels, label)
 
 
 async def score_anomalies(

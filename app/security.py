@@ -12,12 +12,13 @@ bearer_scheme = HTTPBearer(auto_error=False, description="Authorization: Bearer 
 header_scheme = APIKeyHeader(name="X-API-Key", auto_error=False, description="the VAE_API_KEY")
 
 
-def require_api_key(
+async def require_api_key(
     request: Request,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
     header_key: Annotated[str | None, Depends(header_scheme)],
 ) -> None:
-    """No-op when VAE_API_KEY is unset; otherwise a constant-time comparison or 401."""
+    """No-op when VAE_API_KEY is unset; otherwise a constant-time comparison or 401.
+    (`async def` only to stay on the event loop: it does no I/O.)"""
     expected = request.app.state.settings.api_key
     if expected is None:
         return

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 
 from app.deps import BatcherDep, MetricsDep, ModelDep, SettingsDep
 from app.inference import read_anomaly_images, score_anomalies
@@ -46,7 +46,9 @@ async def anomaly_score(
     settings: SettingsDep,
     batcher: BatcherDep,
     metrics: MetricsDep,
-) -> AnomalyResponse:
+) -> Response:
     """Score how unlike MNIST digits the images are; results keep the order of the inputs."""
     images = await read_anomaly_images(request, options.preprocess, settings)
-    return await score_anomalies(images, options, model, settings, batcher, metrics)
+    reply = await score_anomalies(images, options, model, settings, batcher, metrics)
+    # Already validated on construction: serialise once, without FastAPI validating it again.
+    return Response(reply.model_dump_json(), media_type="application/json")
