@@ -46,8 +46,8 @@ class Settings(BaseSettings):
     threadpool_size: int = Field(
         8, ge=1, le=256, description="threads decoding uploads and encoding PNGs"
     )
-    keep_alive_s: float = Field(
-        30.0, gt=0, le=3600, description="how long an idle keep-alive connection stays open"
+    keep_alive_s: int = Field(
+        30, ge=1, le=3600, description="how long an idle keep-alive connection stays open"
     )
     limit_concurrency: int | None = Field(
         None, ge=1, description="open connections before uvicorn answers 503"
