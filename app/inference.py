@@ -10,7 +10,8 @@ import base64
 import binascii
 import json
 import math
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -50,6 +51,8 @@ RECONSTRUCT_KEY = ("reconstruct",)
 # thread costs. Anything larger is decoded in the thread pool, off the event loop.
 INLINE_DECODE_MAX_IMAGES = 4
 INLINE_DECODE_MAX_SIDE = 64
+# Batches smaller than this run on one intra-op thread (see intra_op_threads).
+SMALL_BATCH_IMAGES = 8
 
 
 def score_key(score_name: str, k: int | None) -> tuple[str, str, int | None]:
@@ -62,11 +65,30 @@ class UnsupportedMediaTypeError(ImageInputError):
 
 def run_batch(model: LoadedModel, key: Hashable, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """The batcher's worker: one forward pass for every request queued under `key`."""
-    if key == RECONSTRUCT_KEY:
-        return model.reconstruct(images)
-    assert isinstance(key, tuple) and key[0] == "score", key
-    result = model.score(images, str(key[1]), key[2])
-    return result.score, result.reconstruction_loss, result.kl
+    with intra_op_threads(1 if len(images) < SMALL_BATCH_IMAGES else model.cpu_threads):
+        if key == RECONSTRUCT_KEY:
+            return model.reconstruct(images)
+        assert isinstance(key, tuple) and key[0] == "score", key
+        result = model.score(images, str(key[1]), key[2])
+        return result.score, result.reconstruction_loss, result.kl
+
+
+@contextmanager
+def intra_op_threads(count: int) -> Iterator[None]:
+    """Run torch ops on this thread with `count` intra-op threads.
+
+    Small batches gain nothing from a second thread (measured: 0.69 vs 0.66 ms for one
+    image) but waking the OpenMP team, which then spins, takes CPU from the event loop.
+    """
+    previous = torch.get_num_threads()
+    if count == previous:
+        yield
+        return
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def sample_png(model: LoadedModel, request: SampleRequest, seed: int) -> bytes:

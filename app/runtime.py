@@ -46,6 +46,7 @@ class LoadedModel:
     calibrations: dict[str, Calibration]
     default_score: str
     load_seconds: float = 0.0
+    cpu_threads: int = 1  # intra-op threads for large batches (torch's setting at load)
 
     @property
     def model_id(self) -> str:
@@ -141,7 +142,9 @@ def load_model(model_path: Path, device_choice: str) -> LoadedModel:
     calibrations = {name: Calibration.from_table(tables[name]) for name in SCORE_DEFINITIONS}
     default_score = str(calibration.get("default_score", DEFAULT_SCORE))
     scorer = Scorer(checkpoint.module, calibration["components"])
-    loaded = LoadedModel(checkpoint, device, scorer, calibrations, default_score)
+    loaded = LoadedModel(
+        checkpoint, device, scorer, calibrations, default_score, cpu_threads=torch.get_num_threads()
+    )
     _warm_up(loaded)
     loaded.load_seconds = time.perf_counter() - started
     return loaded
