@@ -7,7 +7,12 @@ import logging
 import sys
 from typing import Any
 
-_STANDARD_ATTRIBUTES = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+# uvicorn adds `color_message` (the message with terminal colours): not for JSON logs.
+_STANDARD_ATTRIBUTES = set(logging.makeLogRecord({}).__dict__) | {
+    "message",
+    "asctime",
+    "color_message",
+}
 
 
 class JsonFormatter(logging.Formatter):

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import base64
 import io
+import json
+import logging
 
 import numpy as np
+import pytest
+import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from app.inference import run_batch, score_key
+from app.logs import JsonFormatter
 from tests.conftest import png_of
 from tests.synthetic import stroke_digits
 
@@ -184,3 +190,26 @@ def test_openapi_documents_every_endpoint_with_schemas(client: TestClient) -> No
     assert set(body) == {"multipart/form-data", "application/json"}
     assert "AnomalyResponse" in spec["components"]["schemas"]
     assert client.get("/docs").status_code == 200
+
+
+def test_access_log_is_structured_and_carries_the_request_id(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="app.access"):
+        client.get("/healthz", headers={"X-Request-ID": "trace-42"})
+    records = [record for record in caplog.records if record.name == "app.access"]
+    assert len(records) == 1
+    record = records[0]
+    assert record.request_id == "trace-42"  # type: ignore[attr-defined]
+    assert record.status == 200 and record.route == "/healthz"  # type: ignore[attr-defined]
+    line = json.loads(JsonFormatter().format(record))
+    assert line["request_id"] == "trace-42" and line["duration_ms"] >= 0
+
+
+def test_small_batches_leave_the_thread_setting_as_it_was(client: TestClient) -> None:
+    before = torch.get_num_threads()
+    model = client.app.state.model  # type: ignore[attr-defined]
+    for size in (1, 64):
+        outputs = run_batch(model, score_key("typical_upright", None), torch.rand(size, 1, 28, 28))
+        assert outputs[0].shape == (size,)
+        assert torch.get_num_threads() == before
