@@ -8,8 +8,8 @@ import uvicorn
 
 from app.config import get_settings
 from app.logs import configure_logging
-from app.runtime import DeviceUnavailableError
 from vae_common.checkpoint import CheckpointError
+from vae_common.devices import DeviceUnavailableError
 
 STARTUP_ERRORS = (CheckpointError, DeviceUnavailableError)
 

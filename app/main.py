@@ -22,9 +22,10 @@ from app.inference import run_batch
 from app.metrics import ServiceMetrics
 from app.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from app.routes import operations, reconstruction, sampling, scoring
-from app.runtime import DeviceUnavailableError, load_model
+from app.runtime import load_model
 from app.security import require_api_key
 from vae_common.checkpoint import CheckpointError
+from vae_common.devices import DeviceUnavailableError
 
 logger = logging.getLogger("app")
 

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from vae_common.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from vae_common.devices import resolve_device
 from vae_common.pixels import IMAGE_SIZE
 from vae_common.scoring import (
     DEFAULT_SCORE,
@@ -24,10 +25,6 @@ from vae_common.scoring import (
 
 logger = logging.getLogger("app.runtime")
 WARMUP_BATCH = 8
-
-
-class DeviceUnavailableError(RuntimeError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -116,20 +113,10 @@ class LoadedModel:
         }
 
 
-def resolve_device(choice: str) -> torch.device:
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise DeviceUnavailableError(
-            "VAE_DEVICE=cuda but no CUDA GPU is visible to PyTorch; use VAE_DEVICE=auto or cpu"
-        )
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(choice)
-
-
 def load_model(model_path: Path, device_choice: str) -> LoadedModel:
     """Load, verify and warm up the checkpoint; raises CheckpointError/DeviceUnavailableError."""
     started = time.perf_counter()
-    device = resolve_device(device_choice)
+    device = resolve_device(device_choice, "VAE_DEVICE")
     checkpoint = load_checkpoint(model_path, device)
     calibration = checkpoint.metadata.get("calibration", {})
     tables = calibration.get("scores", {})

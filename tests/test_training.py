@@ -158,3 +158,11 @@ def test_both_architectures_script_and_keep_the_contract(arch: str) -> None:
     scripted = torch.jit.script(model)
     x = torch.rand(2, 1, 28, 28)
     torch.testing.assert_close(scripted.reconstruct(x), model.reconstruct(x))
+
+
+def test_cuda_without_a_gpu_stops_training_with_a_clear_message(
+    fake_mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="--device=cuda but no CUDA GPU"):
+        run(tiny_config(fake_mnist_root, tmp_path, device="cuda"))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -41,6 +40,8 @@ from training.train import (
     timed,
     train_one_epoch,
 )
+from vae_common.checkpoint import state_dict_sha256
+from vae_common.devices import DeviceUnavailableError, resolve_device
 from vae_common.pixels import PixelSpec, to_unit_interval
 from vae_common.scoring import calibrate_scores
 
@@ -128,14 +129,6 @@ def _validate(parser: argparse.ArgumentParser, config: TrainConfig) -> None:
         parser.error("--lr must be positive; --beta and --kl-warmup-epochs non-negative")
 
 
-def resolve_device(choice: str) -> torch.device:
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("vae-train: --device cuda was requested but no CUDA GPU is available")
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(choice)
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -159,7 +152,10 @@ def run(config: TrainConfig) -> dict[str, Any]:
     started = time.perf_counter()
     if config.threads:
         torch.set_num_threads(config.threads)
-    device = resolve_device(config.device)
+    try:
+        device = resolve_device(config.device, "--device")
+    except DeviceUnavailableError as exc:
+        raise SystemExit(f"vae-train: {exc}") from None
     seed_everything(config.seed)
     splits = load_mnist(config.data_root, config.val_size, config.limit)
     logger.info(
@@ -392,14 +388,8 @@ def _test_metrics(
 
 def _vae_weights_hash(model: VAE) -> str:
     """Hash of the encoder and decoder only (the orientation head is fitted afterwards)."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        if not name.startswith("orientation."):
-            digest.update(name.encode())
-            digest.update(
-                tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-            )
-    return digest.hexdigest()
+    state = model.state_dict()
+    return state_dict_sha256({k: v for k, v in state.items() if not k.startswith("orientation.")})
 
 
 @torch.no_grad()

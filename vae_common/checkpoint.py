@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,8 +50,12 @@ def sha256_bytes(data: bytes) -> str:
 
 def weights_sha256(module: torch.nn.Module) -> str:
     """Hash of every parameter and buffer: name, dtype, shape and bytes, in name order."""
+    return state_dict_sha256(module.state_dict())
+
+
+def state_dict_sha256(state: Mapping[str, torch.Tensor]) -> str:
     digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
+    for name, tensor in sorted(state.items()):
         value = tensor.detach().to("cpu").contiguous()
         digest.update(f"{name}|{value.dtype}|{tuple(value.shape)}|".encode())
         digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
