@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
+# Before torch loads: oneDNN keeps compiled convolution primitives per input shape, and batch
+# sizes here vary from request to request. The default cache (1024) kept resident memory
+# growing for tens of thousands of requests (+8% over a 20k-request soak); 128 holds the
+# common shapes, ends the growth (+0.8%) and keeps throughput (measured, README).
+os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "128")
+
 import logging
 
 import uvicorn
