@@ -21,17 +21,16 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
-from app.batching import DynamicBatcher
 from app.config import Settings
+from app.deps import Services
 from app.errors import describe_validation_errors
 from app.imaging import (
     ImageInputError,
     Preprocess,
     image_bytes_to_tensor,
-    is_small_image,
+    is_small_png,
     pixels_to_tensor,
 )
-from app.metrics import ServiceMetrics
 from app.runtime import LoadedModel
 from app.schemas import (
     AnomalyJsonBody,
@@ -47,8 +46,8 @@ from vae_common.scoring import MONTE_CARLO_SCORES, SCORE_DEFINITIONS, default_sa
 
 # Batch keys name the computation: requests share a forward pass only when keys are equal.
 RECONSTRUCT_KEY = ("reconstruct",)
-# A few MNIST-sized images decode in tens of microseconds: less than handing them to a
-# thread costs. Anything larger is decoded in the thread pool, off the event loop.
+# A few MNIST-sized PNGs decode in tens of microseconds: less than handing them to a
+# thread costs. Anything larger, or in another format, is decoded in the thread pool.
 INLINE_DECODE_MAX_IMAGES = 4
 INLINE_DECODE_MAX_SIDE = 64
 # Batches smaller than this run on one intra-op thread (see intra_op_threads).
@@ -98,16 +97,13 @@ def sample_png(model: LoadedModel, request: SampleRequest, seed: int) -> bytes:
 
 
 async def reconstruct_png(
-    data: bytes,
-    options: ReconstructOptions,
-    settings: Settings,
-    batcher: DynamicBatcher,
-    metrics: ServiceMetrics,
+    data: bytes, options: ReconstructOptions, services: Services
 ) -> tuple[bytes, float]:
     """One uploaded picture -> PNG of its reconstruction (or input|reconstruction) and loss."""
-    x = await decode_uploads([data], options.preprocess, settings.max_image_pixels, "file")
-    reconstruction, recon_loss = await batcher.submit(RECONSTRUCT_KEY, x)
-    metrics.images.labels("reconstruct").inc()
+    max_pixels = services.settings.max_image_pixels
+    x = await decode_uploads([data], options.preprocess, max_pixels, "file")
+    reconstruction, recon_loss = await services.batcher.submit(RECONSTRUCT_KEY, x)
+    services.metrics.images.labels("reconstruct").inc()
     shown = torch.cat([x, reconstruction]) if options.layout == "pair" else reconstruction
     png = await run_in_threadpool(
         lambda: png_bytes(make_grid(shown, nrow=len(shown), padding=0), scale=options.scale)
@@ -144,28 +140,24 @@ async def decode_uploads(
 ) -> torch.Tensor:
     """Image files -> (B, 1, 28, 28); inline when tiny, else in the thread pool."""
     if len(payloads) <= INLINE_DECODE_MAX_IMAGES and all(
-        is_small_image(data, INLINE_DECODE_MAX_SIDE) for data in payloads
+        is_small_png(data, INLINE_DECODE_MAX_SIDE) for data in payloads
     ):
         return image_bytes_to_tensor(payloads, preprocess, max_pixels, label)
     return await run_in_threadpool(image_bytes_to_tensor, payloads, preprocess, max_pixels, label)
 
 
 async def score_anomalies(
-    x: torch.Tensor,
-    options: AnomalyOptions,
-    model: LoadedModel,
-    settings: Settings,
-    batcher: DynamicBatcher,
-    metrics: ServiceMetrics,
+    x: torch.Tensor, options: AnomalyOptions, services: Services
 ) -> AnomalyResponse:
+    model, settings = services.model, services.settings
     score_name = options.score.value if options.score else model.default_score
     k = None
     if score_name in MONTE_CARLO_SCORES:
         k = options.k or min(default_samples(score_name) or 1, settings.max_iwae_k)
     if k is not None and k > settings.max_iwae_k:
         raise ImageInputError(f"k must be at most {settings.max_iwae_k} (VAE_MAX_IWAE_K), got {k}")
-    scores, recon, kl = await batcher.submit(score_key(score_name, k), x)
-    metrics.images.labels("anomaly-score").inc(len(x))
+    scores, recon, kl = await services.batcher.submit(score_key(score_name, k), x)
+    services.metrics.images.labels("anomaly-score").inc(len(x))
     threshold = model.threshold(score_name, options.threshold, options.fpr)
     score_values = scores.numpy().astype(np.float64)
     percentiles = model.percentiles(score_name, score_values)

@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.batching import BatchStats, DynamicBatcher
 from app.config import Settings, get_settings
+from app.deps import Services
 from app.errors import install_error_handlers
 from app.inference import run_batch
 from app.metrics import ServiceMetrics
@@ -72,7 +73,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     metrics.queued_images.set_function(lambda: batcher.queued_images)
     batcher.start()
-    app.state.model, app.state.batcher, app.state.ready = model, batcher, True
+    app.state.services = Services(settings, model, batcher, metrics)
+    app.state.ready = True
     try:
         yield
     finally:
@@ -100,12 +102,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = ServiceMetrics.create()
     app.state.ready = False
     install_error_handlers(app)
-    protected = [Depends(require_api_key)]
+    # Without a key there is nothing to check: no dependency, and no lock icons in /docs.
+    protected = [Depends(require_api_key)] if settings.api_key is not None else []
+    # Routes are matched in order: the busiest first.
+    app.include_router(scoring.router, dependencies=protected)
+    app.include_router(reconstruction.router, dependencies=protected)
+    app.include_router(sampling.router, dependencies=protected)
     app.include_router(operations.router)
     app.include_router(operations.protected_router, dependencies=protected)
-    app.include_router(sampling.router, dependencies=protected)
-    app.include_router(reconstruction.router, dependencies=protected)
-    app.include_router(scoring.router, dependencies=protected)
     _add_docs(app, protected)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,18 @@ class LoadedModel:
     default_score: str
     load_seconds: float = 0.0
     cpu_threads: int = 1  # intra-op threads for large batches (torch's setting at load)
+    # Per score: the validation percentile named in the checkpoint (p99), as a score.
+    default_thresholds: dict[str, Thresholds] = field(init=False)
+
+    def __post_init__(self) -> None:
+        percentile = self.checkpoint.metadata["calibration"]["default_threshold_percentile"]
+        self.default_thresholds = {
+            name: Thresholds(
+                calibration.threshold_for_fpr(1.0 - percentile / 100.0),
+                f"validation p{percentile:g}",
+            )
+            for name, calibration in self.calibrations.items()
+        }
 
     @property
     def model_id(self) -> str:
@@ -79,13 +91,9 @@ class LoadedModel:
     def threshold(self, score_name: str, threshold: float | None, fpr: float | None) -> Thresholds:
         if threshold is not None:
             return Thresholds(threshold, "request")
-        calibration = self.calibrations[score_name]
         if fpr is not None:
-            return Thresholds(calibration.threshold_for_fpr(fpr), f"fpr={fpr:g}")
-        percentile = self.checkpoint.metadata["calibration"]["default_threshold_percentile"]
-        return Thresholds(
-            calibration.threshold_for_fpr(1.0 - percentile / 100.0), f"validation p{percentile:g}"
-        )
+            return Thresholds(self.calibrations[score_name].threshold_for_fpr(fpr), f"fpr={fpr:g}")
+        return self.default_thresholds[score_name]
 
     def percentiles(self, score_name: str, scores: np.ndarray) -> np.ndarray:
         return self.calibrations[score_name].percentile(scores)

@@ -13,6 +13,7 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from app.imaging import is_small_png
 from app.inference import run_batch, score_key
 from app.logs import JsonFormatter
 from tests.conftest import png_of
@@ -208,8 +209,20 @@ def test_access_log_is_structured_and_carries_the_request_id(
 
 def test_small_batches_leave_the_thread_setting_as_it_was(client: TestClient) -> None:
     before = torch.get_num_threads()
-    model = client.app.state.model  # type: ignore[attr-defined]
+    model = client.app.state.services.model  # type: ignore[attr-defined]
     for size in (1, 64):
         outputs = run_batch(model, score_key("typical_upright", None), torch.rand(size, 1, 28, 28))
         assert outputs[0].shape == (size,)
         assert torch.get_num_threads() == before
+
+
+def test_the_inline_decode_hint_reads_only_a_png_header() -> None:
+    small, large = io.BytesIO(), io.BytesIO()
+    Image.new("L", (28, 28)).save(small, format="PNG")
+    Image.new("L", (65, 20)).save(large, format="PNG")
+    assert is_small_png(small.getvalue(), 64)
+    assert not is_small_png(large.getvalue(), 64)
+    assert not is_small_png(small.getvalue()[:20], 64)  # truncated before the size
+    jpeg = io.BytesIO()
+    Image.new("L", (28, 28)).save(jpeg, format="JPEG")
+    assert not is_small_png(jpeg.getvalue(), 64)  # other formats go to the thread pool

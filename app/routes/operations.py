@@ -4,7 +4,7 @@ from fastapi import APIRouter, Request, Response, status
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.deps import MetricsDep, ModelDep
+from app.deps import MetricsDep, ServicesDep
 from app.schemas import HealthResponse, ModelCard, ReadyResponse
 
 router = APIRouter(tags=["operations"])
@@ -20,10 +20,11 @@ async def healthz() -> HealthResponse:
 @router.get("/readyz", response_model=ReadyResponse, responses={503: {"model": ReadyResponse}})
 async def readyz(request: Request) -> JSONResponse:
     """200 once the model is loaded, verified and warmed up; 503 before that and when draining."""
-    model = getattr(request.app.state, "model", None)
-    if model is None or not getattr(request.app.state, "ready", False):
+    services = getattr(request.app.state, "services", None)
+    if services is None or not getattr(request.app.state, "ready", False):
         body = ReadyResponse(status="not ready")
         return JSONResponse(body.model_dump(), status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
+    model = services.model
     body = ReadyResponse(status="ready", model_id=model.model_id, device=str(model.device))
     return JSONResponse(body.model_dump())
 
@@ -35,6 +36,6 @@ async def metrics(metrics: MetricsDep) -> Response:
 
 
 @protected_router.get("/model")
-async def model_card(model: ModelDep) -> ModelCard:
+async def model_card(services: ServicesDep) -> ModelCard:
     """The model card: architecture, metrics, calibration, sha256, device."""
-    return model.card()
+    return services.model.card()

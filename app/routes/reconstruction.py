@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Query, Response, UploadFile
 
-from app.deps import BatcherDep, MetricsDep, ModelDep, SettingsDep
+from app.deps import ServicesDep
 from app.inference import reconstruct_png
 from app.schemas import ErrorResponse, ReconstructOptions
 
@@ -29,15 +29,15 @@ router = APIRouter(tags=["reconstruction"])
 async def reconstruct(
     file: Annotated[UploadFile, File(description="a picture of one digit, any Pillow format")],
     options: Annotated[ReconstructOptions, Query()],
-    model: ModelDep,
-    settings: SettingsDep,
-    batcher: BatcherDep,
-    metrics: MetricsDep,
+    services: ServicesDep,
 ) -> Response:
     """Encode an uploaded digit and decode it again."""
-    png, recon_loss = await reconstruct_png(await file.read(), options, settings, batcher, metrics)
+    png, recon_loss = await reconstruct_png(await file.read(), options, services)
     return Response(
         png,
         media_type="image/png",
-        headers={"X-Model-Id": model.model_id, "X-Reconstruction-Loss": f"{recon_loss:.4f}"},
+        headers={
+            "X-Model-Id": services.model.model_id,
+            "X-Reconstruction-Loss": f"{recon_loss:.4f}",
+        },
     )

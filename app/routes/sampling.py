@@ -4,7 +4,7 @@ import secrets
 
 from fastapi import APIRouter, Body, Response
 
-from app.deps import MetricsDep, ModelDep
+from app.deps import ServicesDep
 from app.inference import sample_png
 from app.schemas import ErrorResponse, SampleRequest
 
@@ -26,15 +26,15 @@ router = APIRouter(tags=["sampling"])
         422: {"model": ErrorResponse},
     },
 )
-def sample(
-    model: ModelDep, metrics: MetricsDep, body: SampleRequest | None = Body(None)
-) -> Response:
+def sample(services: ServicesDep, body: SampleRequest | None = Body(None)) -> Response:
     """Draw digits from the prior and return them as one PNG grid (plain `def`: runs in the
     thread pool, off the event loop)."""
     request = body or SampleRequest()
     seed = request.seed if request.seed is not None else secrets.randbits(63)
-    png = sample_png(model, request, seed)
-    metrics.images.labels("sample").inc(request.n)
+    png = sample_png(services.model, request, seed)
+    services.metrics.images.labels("sample").inc(request.n)
     return Response(
-        png, media_type="image/png", headers={"X-Model-Id": model.model_id, "X-Seed": str(seed)}
+        png,
+        media_type="image/png",
+        headers={"X-Model-Id": services.model.model_id, "X-Seed": str(seed)},
     )

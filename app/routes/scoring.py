@@ -4,7 +4,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 
-from app.deps import BatcherDep, MetricsDep, ModelDep, SettingsDep
+from app.deps import ServicesDep
 from app.inference import read_anomaly_images, score_anomalies
 from app.schemas import AnomalyJsonBody, AnomalyOptions, AnomalyResponse, ErrorResponse
 
@@ -42,13 +42,10 @@ _REQUEST_BODY: dict[str, Any] = {
 async def anomaly_score(
     request: Request,
     options: Annotated[AnomalyOptions, Query()],
-    model: ModelDep,
-    settings: SettingsDep,
-    batcher: BatcherDep,
-    metrics: MetricsDep,
+    services: ServicesDep,
 ) -> Response:
     """Score how unlike MNIST digits the images are; results keep the order of the inputs."""
-    images = await read_anomaly_images(request, options.preprocess, settings)
-    reply = await score_anomalies(images, options, model, settings, batcher, metrics)
+    images = await read_anomaly_images(request, options.preprocess, services.settings)
+    reply = await score_anomalies(images, options, services)
     # Already validated on construction: serialise once, without FastAPI validating it again.
     return Response(reply.model_dump_json(), media_type="application/json")
