@@ -41,7 +41,9 @@ class Settings(BaseSettings):
     batch_queue_images: int = Field(
         4096, ge=1, description="images waiting for the model before requests get 503"
     )
-    torch_threads: int = Field(0, ge=0, description="intra-op CPU threads; 0 keeps torch's default")
+    torch_threads: int = Field(
+        0, ge=0, description="intra-op CPU threads; 0: one per available core but one"
+    )
     workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes")
     threadpool_size: int = Field(
         8, ge=1, le=256, description="threads decoding uploads and encoding PNGs"
