@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -74,6 +75,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     metrics.queued_images.set_function(lambda: batcher.queued_images)
     batcher.start()
     app.state.services = Services(settings, model, batcher, metrics)
+    # torch, FastAPI and the model leave ~200k objects that live as long as the process.
+    # A full garbage collection walks all of them (measured: 94 ms, during which no request
+    # moves); frozen, they are skipped, and a full collection takes microseconds.
+    gc.collect()
+    gc.freeze()
     app.state.ready = True
     try:
         yield
