@@ -17,8 +17,6 @@ import numpy as np
 import torch
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
 from app.config import Settings
@@ -31,6 +29,7 @@ from app.imaging import (
     is_small_png,
     pixels_to_tensor,
 )
+from app.multipart import MultipartError, TooManyPartsError, read_parts
 from app.runtime import LoadedModel
 from app.schemas import (
     AnomalyJsonBody,
@@ -52,6 +51,8 @@ INLINE_DECODE_MAX_IMAGES = 4
 INLINE_DECODE_MAX_SIDE = 64
 # Batches smaller than this run on one intra-op thread (see intra_op_threads).
 SMALL_BATCH_IMAGES = 8
+# Form fields besides 'files' that a multipart request may carry (they are ignored).
+MAX_OTHER_PARTS = 16
 
 
 def score_key(score_name: str, k: int | None) -> tuple[str, str, int | None]:
@@ -184,29 +185,24 @@ async def score_anomalies(
 
 
 async def _multipart_files(request: Request, max_batch: int) -> list[bytes]:
-    # The parser's own caps are set loose (the body-size limit already bounds memory) so that
-    # too many files get this service's 422 below rather than the parser's 400.
+    # Parts beyond max_batch + MAX_OTHER_PARTS stop the parser early; too many files still
+    # get this service's 422 below, whatever else the form carries.
     try:
-        form = await request.form(max_files=max(max_batch + 1, 1000), max_fields=1000)
-    except HTTPException as exc:
-        if exc.status_code == 413:
-            raise
-        raise ImageInputError(f"the multipart body could not be parsed: {exc.detail}") from None
-    try:
-        files = form.getlist("files")
-        if not files:
-            raise ImageInputError(
-                "no images: send one or more files in the multipart field 'files'"
-            )
-        _check_count(len(files), max_batch, "files")
-        payloads = []
-        for index, part in enumerate(files):
-            if not isinstance(part, UploadFile):
-                raise ImageInputError(f"files[{index}] is a text field; attach it as a file")
-            payloads.append(await part.read())
-    finally:
-        await form.close()  # deletes the spooled temporary files the parser created
-    return payloads
+        parts = await read_parts(request, max_parts=max_batch + MAX_OTHER_PARTS)
+    except TooManyPartsError:
+        raise ImageInputError(
+            f"too many parts in one request; at most {max_batch} files (VAE_MAX_BATCH) are accepted"
+        ) from None
+    except MultipartError as exc:
+        raise ImageInputError(f"the multipart body could not be parsed: {exc}") from None
+    files = [part for part in parts if part.name == "files"]
+    if not files:
+        raise ImageInputError("no images: send one or more files in the multipart field 'files'")
+    _check_count(len(files), max_batch, "files")
+    for index, part in enumerate(files):
+        if not part.is_file:
+            raise ImageInputError(f"files[{index}] is a text field; attach it as a file")
+    return [bytes(part.data) for part in files]
 
 
 def _parse_json_body(raw: bytes) -> AnomalyJsonBody:
