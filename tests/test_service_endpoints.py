@@ -193,6 +193,27 @@ def test_openapi_documents_every_endpoint_with_schemas(client: TestClient) -> No
     assert client.get("/docs").status_code == 200
 
 
+@pytest.mark.parametrize(
+    ("path", "names"),
+    [
+        ("/anomaly-score", {"score", "k", "threshold", "fpr", "preprocess"}),
+        ("/reconstruct", {"preprocess", "scale", "layout"}),
+    ],
+)
+def test_openapi_documents_the_query_options(
+    client: TestClient, path: str, names: set[str]
+) -> None:
+    parameters = client.get("/openapi.json").json()["paths"][path]["post"]["parameters"]
+    assert {p["name"] for p in parameters} == names
+    assert all(p["in"] == "query" and "$ref" not in json.dumps(p) for p in parameters)
+
+
+def test_a_bad_query_option_names_itself(client: TestClient) -> None:
+    response = client.post("/anomaly-score?k=0", json={"pixels": [[0.0] * 784]})
+    assert response.status_code == 422
+    assert response.json()["detail"].startswith("query.k: ")
+
+
 def test_access_log_is_structured_and_carries_the_request_id(
     client: TestClient, caplog: pytest.LogCaptureFixture
 ) -> None:

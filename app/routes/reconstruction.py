@@ -2,10 +2,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Query, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Response, UploadFile
 
 from app.deps import ServicesDep
 from app.inference import reconstruct_png
+from app.query import query_options, query_parameters
 from app.schemas import ErrorResponse, ReconstructOptions
 
 router = APIRouter(tags=["reconstruction"])
@@ -14,6 +15,7 @@ router = APIRouter(tags=["reconstruction"])
 @router.post(
     "/reconstruct",
     response_class=Response,
+    openapi_extra={"parameters": query_parameters(ReconstructOptions)},
     responses={
         200: {
             "content": {"image/png": {}},
@@ -28,7 +30,7 @@ router = APIRouter(tags=["reconstruction"])
 )
 async def reconstruct(
     file: Annotated[UploadFile, File(description="a picture of one digit, any Pillow format")],
-    options: Annotated[ReconstructOptions, Query()],
+    options: Annotated[ReconstructOptions, Depends(query_options(ReconstructOptions))],
     services: ServicesDep,
 ) -> Response:
     """Encode an uploaded digit and decode it again."""

@@ -2,10 +2,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 
 from app.deps import ServicesDep
 from app.inference import read_anomaly_images, score_anomalies
+from app.query import query_options, query_parameters
 from app.schemas import AnomalyJsonBody, AnomalyOptions, AnomalyResponse, ErrorResponse
 
 router = APIRouter(tags=["scoring"])
@@ -31,7 +32,7 @@ _REQUEST_BODY: dict[str, Any] = {
 @router.post(
     "/anomaly-score",
     response_model=AnomalyResponse,
-    openapi_extra={"requestBody": _REQUEST_BODY},
+    openapi_extra={"requestBody": _REQUEST_BODY, "parameters": query_parameters(AnomalyOptions)},
     responses={
         413: {"model": ErrorResponse},
         415: {"model": ErrorResponse},
@@ -41,7 +42,7 @@ _REQUEST_BODY: dict[str, Any] = {
 )
 async def anomaly_score(
     request: Request,
-    options: Annotated[AnomalyOptions, Query()],
+    options: Annotated[AnomalyOptions, Depends(query_options(AnomalyOptions))],
     services: ServicesDep,
 ) -> Response:
     """Score how unlike MNIST digits the images are; results keep the order of the inputs."""
