@@ -1,10 +1,11 @@
 """HTTP load benchmark of the running service, against a bare FastAPI app as the ceiling.
 
 Starts the real service (`python -m app`, uvicorn on a free local port) and a bare FastAPI app
-(`benchmarks.bare_app`: same routes, reads the body, answers a constant) as subprocesses. For
-each scenario it drives the service, then the bare app (one server under load at a time), with
-`--concurrency` asyncio clients, each with its own httpx.AsyncClient and keep-alive
-connection, for `--duration` seconds after `--warmup` seconds that are not counted:
+(`benchmarks.bare_app`: same routes, reads the body, answers a constant) as subprocesses. Each
+scenario runs `--repeat` rounds; a round drives the service, then the bare app (one server
+under load at a time), with `--concurrency` asyncio clients, each with its own
+httpx.AsyncClient and keep-alive connection, for `--duration` seconds after `--warmup`
+seconds that are not counted:
 
     anomaly-1    POST /anomaly-score?preprocess=none, one 28x28 PNG (multipart `files`)
     anomaly-64   the same with 64 PNGs per request
@@ -13,8 +14,10 @@ connection, for `--duration` seconds after `--warmup` seconds that are not count
 
 Requests/s and images/s count successful (2xx) responses that completed inside the measured
 window; latency percentiles are over those responses. Errors are non-2xx responses plus
-transport exceptions; 5xx are also counted on their own. "vs bare" is the service's requests/s
-over the bare app's for the same scenario. The load generator runs on the same machine and
+transport exceptions; 5xx are also counted on their own. "vs bare" is the median over rounds
+of the service's requests/s over the bare app's in the same round; the table shows each
+server's median round and every round is listed below it. The load generator runs on the
+same machine and
 takes CPU from the server, so the bare app's numbers are the ceiling of this setup, not of
 uvicorn alone.
 
@@ -26,7 +29,8 @@ after the first 10% of the soak and at the end.
 Digits are MNIST test images when `--data-root` holds MNIST, else synthetic strokes. Results
 print as Markdown tables (and go to `--output` when given). Run from the repository root:
 
-    python -m benchmarks.serve_load --model models/model.pt [--duration 20] [--concurrency 32]
+    python -m benchmarks.serve_load --model models/model.pt [--duration 10] [--repeat 3]
+        [--concurrency 32]
         [--env VAE_BATCH_MAX_DELAY_MS=5] [--scenarios anomaly-1 sample-64] [--output load.md]
 """
 
@@ -480,17 +484,51 @@ def fmt(value: float, digits: int = 1) -> str:
     return "—" if np.isnan(value) else f"{value:,.{digits}f}"
 
 
-def scenario_table(results: Sequence[tuple[LoadStats, LoadStats | None]]) -> list[str]:
+@dataclass
+class Rounds:
+    """One scenario's runs, in the order they alternated."""
+
+    service: list[LoadStats] = field(default_factory=list)
+    bare: list[LoadStats] = field(default_factory=list)
+
+    @property
+    def ratios(self) -> list[float]:
+        """Each round's service requests/s over the bare app's, side by side in time."""
+        pairs = zip(self.service, self.bare, strict=False)  # no bare runs: no ratios
+        return [service.requests_per_s / bare.requests_per_s for service, bare in pairs]
+
+
+def median_run(runs: Sequence[LoadStats]) -> LoadStats:
+    """The run with the median requests/s (the lower middle one for an even count)."""
+    ordered = sorted(runs, key=lambda run: run.requests_per_s)
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def scenario_table(results: Sequence[Rounds]) -> list[str]:
     lines = [
         "| scenario | server | req/s | images/s | p50 ms | p95 ms | p99 ms | errors | 5xx "
         "| vs bare |",
         "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
-    for service, bare in results:
-        ratio = service.requests_per_s / bare.requests_per_s if bare else float("nan")
-        lines.append(table_row(service, fmt(ratio, 2)))
-        if bare:
-            lines.append(table_row(bare, ""))
+    for rounds in results:
+        ratio = float(np.median(rounds.ratios)) if rounds.bare else float("nan")
+        lines.append(table_row(median_run(rounds.service), fmt(ratio, 2)))
+        if rounds.bare:
+            lines.append(table_row(median_run(rounds.bare), ""))
+    return lines
+
+
+def rounds_lines(results: Sequence[Rounds]) -> list[str]:
+    """Every round's figures, so the spread behind each median is visible."""
+    lines = []
+    for rounds in results:
+        service = ", ".join(fmt(run.requests_per_s) for run in rounds.service)
+        line = f"- {rounds.service[0].label}: service req/s {service}"
+        if rounds.bare:
+            bare = ", ".join(fmt(run.requests_per_s) for run in rounds.bare)
+            ratios = ", ".join(fmt(ratio, 2) for ratio in rounds.ratios)
+            line += f"; bare app {bare}; ratio per round {ratios}"
+        lines.append(line)
     return lines
 
 
@@ -560,9 +598,11 @@ def header(args: argparse.Namespace, device: str, digits_source: str) -> list[st
     overrides = " ".join(f"{key}={value}" for key, value in args.env.items()) or "none"
     return [
         f"Machine: {cpu_model()}, {os.cpu_count()} cores; service device: {device}.",
-        f"Model {args.model}; {args.concurrency} concurrent clients; {args.duration:g} s per "
-        f"scenario after a {args.warmup:g} s warm-up; env overrides: {overrides}; "
-        f"inputs: {digits_source}.",
+        f"Model {args.model}; {args.concurrency} concurrent clients; {args.repeat} rounds per "
+        f"scenario alternating service and bare app, {args.duration:g} s each after a "
+        f"{args.warmup:g} s warm-up; env overrides: {overrides}; inputs: {digits_source}.",
+        "Each row is the round with the median requests/s; 'vs bare' is the median of the "
+        "per-round ratios.",
     ]
 
 
@@ -581,7 +621,10 @@ def parse_env(pairs: Sequence[str]) -> dict[str, str]:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--duration", type=float, default=20.0, help="measured s per scenario")
+    parser.add_argument("--duration", type=float, default=10.0, help="measured s per run")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="runs per scenario and server, alternating"
+    )
     parser.add_argument("--warmup", type=float, default=2.0, help="uncounted s per scenario")
     parser.add_argument("--concurrency", type=int, default=32, help="concurrent clients")
     parser.add_argument("--mixed-requests", type=int, default=20000, help="requests in the soak")
@@ -606,14 +649,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def run_scenarios(
     service: Server, bare: Server | None, digits: Sequence[bytes], args: argparse.Namespace
-) -> list[tuple[LoadStats, LoadStats | None]]:
-    """Each scenario against the service, then the bare app: one server under load at a time."""
+) -> list[Rounds]:
+    """Each scenario `--repeat` times, alternating service and bare app (one server under
+    load at a time), so that a slow spell of this shared machine hits both alike."""
     results = []
     for kind in args.scenarios:
         pool = build_pool(kind, digits)
-        service_stats = run_scenario(service, pool, args)
-        bare_stats = run_scenario(bare, pool, args) if bare else None
-        results.append((service_stats, bare_stats))
+        rounds = Rounds()
+        for _ in range(args.repeat):
+            rounds.service.append(run_scenario(service, pool, args))
+            if bare:
+                rounds.bare.append(run_scenario(bare, pool, args))
+        results.append(rounds)
     return results
 
 
@@ -632,8 +679,8 @@ def run_all(args: argparse.Namespace) -> list[str]:
             bare = stack.enter_context(launched("bare app", *bare_argv_env(port), port))
         lines = header(args, str(service.ready.get("device", "unknown")), digits_source)
         results = run_scenarios(service, bare, digits, args)
-        lines += ["", *scenario_table(results)]
-        stats = [s for pair in results for s in pair if s is not None]
+        lines += ["", *scenario_table(results), "", "Rounds:", "", *rounds_lines(results)]
+        stats = [run for rounds in results for run in [*rounds.service, *rounds.bare]]
         if not args.skip_mixed:
             mixed = run_mixed(service, digits, args)
             lines += ["", f"Mixed soak, {args.mixed_requests} requests:", "", *mixed_table(mixed)]
