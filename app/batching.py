@@ -18,12 +18,16 @@ from collections import deque
 from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 logger = logging.getLogger("app.batching")
 
-BatchFn = Callable[[Hashable, torch.Tensor], tuple[torch.Tensor, ...]]
+# The worker's outputs: tensors or numpy arrays with one row per image, which the batcher
+# slices back into each request's rows.
+BatchOutputs = tuple[Any, ...]
+BatchFn = Callable[[Hashable, torch.Tensor], BatchOutputs]
 
 
 class QueueFullError(RuntimeError):
@@ -38,7 +42,7 @@ class BatcherClosedError(RuntimeError):
 class _Request:
     key: Hashable
     images: torch.Tensor  # (n, 1, 28, 28)
-    future: asyncio.Future[tuple[torch.Tensor, ...]]
+    future: asyncio.Future[BatchOutputs]
     enqueued: float = field(default_factory=time.perf_counter)
 
 
@@ -88,7 +92,7 @@ class DynamicBatcher:
                 request.future.set_exception(BatcherClosedError("the service is shutting down"))
         self._queued_images = 0
 
-    async def submit(self, key: Hashable, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    async def submit(self, key: Hashable, images: torch.Tensor) -> BatchOutputs:
         """Queue `images` for `key`; returns this request's rows of every output."""
         if self._task is None:
             raise BatcherClosedError("the model is not serving yet")
@@ -98,9 +102,7 @@ class DynamicBatcher:
                 f"{self._queued_images} images are already waiting for the model "
                 f"(limit {self._max_queued_images})"
             )
-        future: asyncio.Future[tuple[torch.Tensor, ...]] = (
-            asyncio.get_running_loop().create_future()
-        )
+        future: asyncio.Future[BatchOutputs] = asyncio.get_running_loop().create_future()
         self._waiting.append(_Request(key, images, future))
         self._queued_images += count
         self._arrived.set()
