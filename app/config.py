@@ -45,7 +45,7 @@ class Settings(BaseSettings):
         4096, ge=1, description="images waiting for the model before requests get 503"
     )
     torch_threads: int = Field(
-        0, ge=0, description="intra-op CPU threads; 0: one per available core but one"
+        0, ge=0, description="intra-op CPU threads; 0 keeps torch's default (all cores)"
     )
     workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes")
     threadpool_size: int = Field(

@@ -20,7 +20,6 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 import app.main
-from app.main import inference_threads
 from app.runtime import LoadedModel
 from tests.conftest import PROJECT_ROOT, png_of
 from tests.synthetic import stroke_digits
@@ -299,11 +298,3 @@ def test_a_bad_request_does_not_affect_concurrent_good_ones(client: TestClient) 
             result, reference = future.result()["results"][0], expected["results"][0]
             assert result["score"] == pytest.approx(reference["score"], rel=1e-4)
             assert result["is_anomaly"] == reference["is_anomaly"]
-
-
-def test_inference_threads_leave_a_core_to_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert inference_threads(3) == 3  # an explicit VAE_TORCH_THREADS wins
-    monkeypatch.setattr(app.main, "_available_cores", lambda: 8)
-    assert inference_threads(0) == 7
-    monkeypatch.setattr(app.main, "_available_cores", lambda: 1)
-    assert inference_threads(0) == 1
