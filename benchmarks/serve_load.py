@@ -21,10 +21,11 @@ same machine and
 takes CPU from the server, so the bare app's numbers are the ceiling of this setup, not of
 uvicorn alone.
 
-Then a mixed soak sends `--mixed-requests` requests to the service only (50% anomaly-1,
-10% anomaly-64, 20% sample n=16, 20% reconstruct) and reports errors, 5xx (there should be
-none) and the service's resident memory (VmRSS of the process and its children) after start-up,
-after the first 10% of the soak and at the end.
+Then one client sends `--latency-requests` requests of each scenario to the service, one at
+a time, for latency without queueing. Then a mixed soak sends `--mixed-requests` requests to
+the service only (50% anomaly-1, 10% anomaly-64, 20% sample n=16, 20% reconstruct) and
+reports errors, 5xx (there should be none) and the service's resident memory (VmRSS of the
+process and its children) after start-up, after the first 10% of the soak and at the end.
 
 Digits are MNIST test images when `--data-root` holds MNIST, else synthetic strokes. Results
 print as Markdown tables (and go to `--output` when given). Run from the repository root:
@@ -458,6 +459,36 @@ async def mixed_phases(
         return outcomes, rss_after_warmup, time.perf_counter() - started
 
 
+def run_latency(
+    server: Server, digits: Sequence[bytes], args: argparse.Namespace
+) -> list[LoadStats]:
+    """Each scenario's requests sent one at a time: latency without queueing behind others."""
+    results = []
+    for kind in args.scenarios:
+        print(f"  {kind} x{args.latency_requests}, one client -> {server.name}", file=sys.stderr)
+        pool = build_pool(kind, digits)
+        requests = [pool[index % len(pool)] for index in range(args.latency_requests)]
+
+        async def one_client(requests: list[Prepared] = requests) -> tuple[list[Outcome], float]:
+            async with new_client(server.base_url) as client:
+                await fixed_load([client], requests[: max(1, len(requests) // 10)])  # warm-up
+                started = time.perf_counter()
+                outcomes = await fixed_load([client], requests)
+                return outcomes, time.perf_counter() - started
+
+        outcomes, seconds = asyncio.run(one_client())
+        results.append(summarize(kind, server.name, outcomes, seconds))
+    return results
+
+
+def latency_table(results: Sequence[LoadStats]) -> list[str]:
+    lines = ["| scenario | p50 ms | p95 ms | p99 ms | errors |", "|---|--:|--:|--:|--:|"]
+    for stats in results:
+        cells = [stats.label, fmt(stats.p50_ms), fmt(stats.p95_ms), fmt(stats.p99_ms)]
+        lines.append("| " + " | ".join([*cells, str(stats.errors)]) + " |")
+    return lines
+
+
 def run_mixed(server: Server, digits: Sequence[bytes], args: argparse.Namespace) -> MixedResult:
     print(f"  mixed x{args.mixed_requests} -> {server.name}", file=sys.stderr, flush=True)
     pools = {kind: build_pool(kind, digits) for kind in MIXED_WEIGHTS}
@@ -628,6 +659,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=2.0, help="uncounted s per scenario")
     parser.add_argument("--concurrency", type=int, default=32, help="concurrent clients")
     parser.add_argument("--mixed-requests", type=int, default=20000, help="requests in the soak")
+    parser.add_argument(
+        "--latency-requests",
+        type=int,
+        default=200,
+        help="requests per scenario sent by one client, one at a time (0: skip)",
+    )
     parser.add_argument("--model", type=Path, default=Path("models/model.pt"))
     parser.add_argument("--data-root", type=Path, default=Path("../shared/data"))
     parser.add_argument(
@@ -642,8 +679,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.env = parse_env(args.env)
     except argparse.ArgumentTypeError as exc:
         parser.error(str(exc))
-    if args.concurrency < 1 or args.duration <= 0 or args.mixed_requests < 1:
-        parser.error("--concurrency, --duration and --mixed-requests must be positive")
+    if args.concurrency < 1 or args.duration <= 0 or args.mixed_requests < 1 or args.repeat < 1:
+        parser.error("--concurrency, --duration, --repeat and --mixed-requests must be positive")
+    if args.latency_requests < 0:
+        parser.error("--latency-requests must be 0 (skip) or more")
     return args
 
 
@@ -681,6 +720,11 @@ def run_all(args: argparse.Namespace) -> list[str]:
         results = run_scenarios(service, bare, digits, args)
         lines += ["", *scenario_table(results), "", "Rounds:", "", *rounds_lines(results)]
         stats = [run for rounds in results for run in [*rounds.service, *rounds.bare]]
+        if args.latency_requests:
+            latency = run_latency(service, digits, args)
+            lines += ["", f"One client, {args.latency_requests} requests one after another:"]
+            lines += ["", *latency_table(latency)]
+            stats += latency
         if not args.skip_mixed:
             mixed = run_mixed(service, digits, args)
             lines += ["", f"Mixed soak, {args.mixed_requests} requests:", "", *mixed_table(mixed)]
