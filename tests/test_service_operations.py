@@ -44,16 +44,18 @@ def test_readyz_is_503_before_the_lifespan_and_200_after(make_app: Callable[...,
     assert TestClient(application).get("/readyz").status_code == 503
 
 
+def assert_startup_fails(app: FastAPI, reason: str) -> None:
+    """Entering the app's lifespan must raise CheckpointError matching `reason`."""
+    with pytest.raises(CheckpointError, match=reason), TestClient(app):
+        pass
+
+
 def test_startup_fails_on_a_corrupt_checkpoint(
     make_app: Callable[..., FastAPI], tmp_path: Path
 ) -> None:
     corrupt = tmp_path / "model.pt"
     corrupt.write_bytes(b"this is not a zip archive")
-    with (
-        pytest.raises(CheckpointError, match="not a readable TorchScript checkpoint"),
-        TestClient(make_app(model_path=corrupt)),
-    ):
-        pass
+    assert_startup_fails(make_app(model_path=corrupt), "not a readable TorchScript checkpoint")
 
 
 def test_startup_fails_when_the_sha256_does_not_match(
@@ -64,11 +66,7 @@ def test_startup_fails_when_the_sha256_does_not_match(
     sidecar = json.loads(tiny_model_path.with_name("model.json").read_text())
     sidecar["sha256"] = "0" * 64
     (tmp_path / "model.json").write_text(json.dumps(sidecar))
-    with (
-        pytest.raises(CheckpointError, match="sha256 mismatch"),
-        TestClient(make_app(model_path=copy)),
-    ):
-        pass
+    assert_startup_fails(make_app(model_path=copy), "sha256 mismatch")
 
 
 def test_startup_fails_on_tampered_weights(
@@ -79,21 +77,13 @@ def test_startup_fails_on_tampered_weights(
         next(module.parameters()).add_(1.0)
     tampered = tmp_path / "model.pt"
     torch.jit.save(module, str(tampered), _extra_files=extra)
-    with (
-        pytest.raises(CheckpointError, match="weights sha256 mismatch"),
-        TestClient(make_app(model_path=tampered)),
-    ):
-        pass
+    assert_startup_fails(make_app(model_path=tampered), "weights sha256 mismatch")
 
 
 def test_startup_fails_when_the_model_file_is_missing(
     make_app: Callable[..., FastAPI], tmp_path: Path
 ) -> None:
-    with (
-        pytest.raises(CheckpointError, match="model file not found"),
-        TestClient(make_app(model_path=tmp_path / "absent.pt")),
-    ):
-        pass
+    assert_startup_fails(make_app(model_path=tmp_path / "absent.pt"), "model file not found")
 
 
 def test_cuda_without_a_gpu_is_a_clear_startup_error(
