@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 
-# Before torch loads: oneDNN keeps compiled convolution primitives per input shape, and batch
-# sizes here vary from request to request. The default cache (1024) kept resident memory
-# growing for tens of thousands of requests (+8% over a 20k-request soak); 128 holds the
-# common shapes, ends the growth (+0.8%) and keeps throughput (measured, README).
-os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "128")
+# Before torch loads: oneDNN keeps compiled kernels per input shape in a cache. Forward passes
+# run at fixed batch buckets (app.runtime.padded_batch_size): up to 256 images that is 328
+# kernels, all compiled at start-up. 512 holds them and some Monte Carlo shapes, so serving
+# neither recompiles nor grows (the library default, 1024, with unbucketed batch sizes grew
+# resident memory for tens of thousands of requests; 128 thrashed).
+os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "512")
 
 import ctypes
 import logging

@@ -10,8 +10,7 @@ import base64
 import binascii
 import json
 import math
-from collections.abc import Hashable, Iterator
-from contextlib import contextmanager
+from collections.abc import Hashable
 
 import numpy as np
 import torch
@@ -50,9 +49,6 @@ RECONSTRUCT_KEY = ("reconstruct",)
 # thread costs. Anything larger, or in another format, is decoded in the thread pool.
 INLINE_DECODE_MAX_IMAGES = 4
 INLINE_DECODE_MAX_SIDE = 64
-# Batches smaller than this run on one intra-op thread (see intra_op_threads). One-image
-# traffic forms batches of ~10-20 images; 64-image requests form batches of 64 and more.
-SMALL_BATCH_IMAGES = 32
 # Form fields besides 'files' that a multipart request may carry (they are ignored).
 MAX_OTHER_PARTS = 16
 
@@ -71,33 +67,11 @@ def run_batch(model: LoadedModel, key: Hashable, images: torch.Tensor) -> BatchO
     Scores come back as numpy arrays: the batcher slices them per request and the event loop
     reads them value by value, both several times cheaper on arrays than on tensors.
     """
-    with intra_op_threads(1 if len(images) < SMALL_BATCH_IMAGES else model.cpu_threads):
-        if key == RECONSTRUCT_KEY:
-            return model.reconstruct(images)
-        assert isinstance(key, tuple) and key[0] == "score", key
-        result = model.score(images, str(key[1]), key[2])
-        return result.score.numpy(), result.reconstruction_loss.numpy(), result.kl.numpy()
-
-
-@contextmanager
-def intra_op_threads(count: int) -> Iterator[None]:
-    """Run torch ops on this thread with `count` intra-op threads.
-
-    Small batches gain little from more threads (measured: 0.69 vs 0.66 ms for one image),
-    and when many small requests keep the event loop busy, an OpenMP team that spins after
-    each op takes the cores it needs. Large batches are the model's work alone: on 2 cores,
-    64-image requests ran at 83-88 requests/s with two threads against 67-75 with one
-    (serve_load, 3 rounds each, back to back).
-    """
-    previous = torch.get_num_threads()
-    if count == previous:
-        yield
-        return
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
+    if key == RECONSTRUCT_KEY:
+        return model.reconstruct(images)
+    assert isinstance(key, tuple) and key[0] == "score", key
+    result = model.score(images, str(key[1]), key[2])
+    return result.score.numpy(), result.reconstruction_loss.numpy(), result.kl.numpy()
 
 
 def sample_png(model: LoadedModel, request: SampleRequest, seed: int) -> bytes:

@@ -51,7 +51,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # contention and per-thread malloc arenas (resident memory), not throughput.
     anyio.to_thread.current_default_thread_limiter().total_tokens = settings.threadpool_size
     try:
-        model = await run_in_threadpool(load_model, settings.model_path, settings.device)
+        model = await run_in_threadpool(
+            load_model, settings.model_path, settings.device, settings.batch_max_size
+        )
     except (CheckpointError, DeviceUnavailableError) as exc:
         logger.critical("cannot start: %s", exc)
         raise

@@ -12,7 +12,7 @@ import torch
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from app.runtime import load_model
+from app.runtime import batch_buckets, load_model, padded_batch_size
 from app.schemas import ScoreName
 from tests.conftest import SHIPPED_MODEL
 from vae_common.scoring import (
@@ -83,6 +83,40 @@ def test_scores_are_deterministic(tiny_model_path: Path) -> None:
     for name in SCORE_DEFINITIONS:
         first = model.score(x, name, None).score
         torch.testing.assert_close(first, model.score(x, name, None).score, msg=name)
+
+
+def test_batch_buckets_are_few_and_pad_at_most_a_fifth() -> None:
+    assert batch_buckets(256) == [
+        *range(1, 9), 10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 56, 64,
+        80, 96, 112, 128, 160, 192, 224, 256,
+    ]  # fmt: skip
+    for rows in range(1, 2049):
+        padded = padded_batch_size(rows)
+        assert rows <= padded and padded - rows < padded / 5, rows
+        assert padded_batch_size(padded) == padded  # a bucket is its own bucket
+
+
+def test_padding_rows_change_no_result(tiny_model_path: Path) -> None:
+    model = load_model(tiny_model_path, "cpu")
+    x = torch.rand(9, 1, 28, 28)  # runs as a batch of 10: one blank row is added
+    for name in SCORE_DEFINITIONS:
+        batch = model.score(x, name, None)
+        alone = [model.score(x[i : i + 1], name, None) for i in range(len(x))]  # no padding
+        assert batch.score.shape == batch.kl.shape == (9,), name
+        for field in ("score", "reconstruction_loss", "kl"):
+            torch.testing.assert_close(
+                getattr(batch, field),
+                torch.cat([getattr(result, field) for result in alone]),
+                rtol=1e-4,
+                atol=1e-4,
+                msg=f"{name}.{field}",
+            )
+    reconstruction, loss = model.reconstruct(x)
+    assert reconstruction.shape == (9, 1, 28, 28) and loss.shape == (9,)
+    torch.testing.assert_close(
+        reconstruction[:1], model.reconstruct(x[:1])[0], rtol=1e-4, atol=1e-5
+    )
+    assert model.sample(9, 1.0, seed=3).shape == (9, 1, 28, 28)
 
 
 def test_threshold_and_fpr_change_is_anomaly_as_documented(
