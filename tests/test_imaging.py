@@ -10,7 +10,7 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image, ImageDraw
 
-from app.imaging import decode_image, prepare_digit
+from app.imaging import ImageInputError, decode_image, prepare_digit
 from tests.conftest import encode, png_of
 from vae_common.pixels import mnist_style, to_unit_interval
 
@@ -138,3 +138,31 @@ def test_gif_uses_the_first_frame() -> None:
     first.convert("P").save(buffer, "GIF", save_all=True, append_images=[second.convert("P")])
     digit = prepare_digit(decode_image(buffer.getvalue(), 10**8), "mnist")
     assert digit.max() > 0.8
+
+
+def test_small_greyscale_pngs_decode_exactly_as_pillow_decodes_them(
+    mnist_sample: np.ndarray,
+) -> None:
+    # These take the libspng path; the result must be Pillow's array, value for value.
+    for digit in mnist_sample[:100]:
+        data = png_of(digit)
+        pillow = np.asarray(Image.open(io.BytesIO(data)), dtype=np.float32) / 255.0
+        decoded = decode_image(data, 10_000)
+        assert decoded.alpha is None and decoded.original_size == (28, 28)
+        np.testing.assert_array_equal(decoded.gray, pillow)
+
+
+def test_pngs_the_fast_path_declines_keep_their_meaning() -> None:
+    # 1-bit: white is 1.0, not 1/255 (the raw sample value).
+    white = io.BytesIO()
+    Image.new("1", (28, 28), 1).save(white, format="PNG")
+    assert float(decode_image(white.getvalue(), 10_000).gray.min()) == 1.0
+    # A greyscale PNG with a transparent grey level (tRNS chunk) keeps its alpha.
+    keyed = io.BytesIO()
+    Image.new("L", (28, 28), 0).save(keyed, format="PNG", transparency=0)
+    decoded = decode_image(keyed.getvalue(), 10_000)
+    assert decoded.alpha is not None and float(decoded.alpha.max()) == 0.0
+    # A truncated file is still refused with Pillow's explanation.
+    data = png_of(np.full((28, 28), 200, dtype=np.uint8))
+    with pytest.raises(ImageInputError, match="could not be decoded"):
+        decode_image(data[: len(data) - 30], 10_000, "files[0]")
