@@ -1,7 +1,7 @@
 """Dynamic batching, as TorchServe and Triton do it: requests that arrive close together
 share one forward pass.
 
-Each request submits a (n, 1, 28, 28) tensor under a key naming the computation (e.g.
+Each request submits (n, 28, 28) pixels (a numpy array) under a key naming the computation (e.g.
 ("score", "neg_elbo", 16)). A single collector task takes the oldest waiting request, waits
 up to `max_delay` for more with the same key (until `max_size` images), runs the batch on
 the one inference thread and hands every request its own rows of the result. The model sees
@@ -20,14 +20,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
+import numpy as np
 
 logger = logging.getLogger("app.batching")
 
 # The worker's outputs: tensors or numpy arrays with one row per image, which the batcher
 # slices back into each request's rows.
 BatchOutputs = tuple[Any, ...]
-BatchFn = Callable[[Hashable, torch.Tensor], BatchOutputs]
+# The worker gets the concatenated pixels, (N, 28, 28): tensors are made on its thread, once
+# per batch, so the event loop runs no torch op.
+BatchFn = Callable[[Hashable, np.ndarray], BatchOutputs]
 
 
 class QueueFullError(RuntimeError):
@@ -41,7 +43,7 @@ class BatcherClosedError(RuntimeError):
 @dataclass
 class _Request:
     key: Hashable
-    images: torch.Tensor  # (n, 1, 28, 28)
+    images: np.ndarray  # (n, 28, 28)
     future: asyncio.Future[BatchOutputs]
     enqueued: float = field(default_factory=time.perf_counter)
 
@@ -92,7 +94,7 @@ class DynamicBatcher:
                 request.future.set_exception(BatcherClosedError("the service is shutting down"))
         self._queued_images = 0
 
-    async def submit(self, key: Hashable, images: torch.Tensor) -> BatchOutputs:
+    async def submit(self, key: Hashable, images: np.ndarray) -> BatchOutputs:
         """Queue `images` for `key`; returns this request's rows of every output."""
         if self._task is None:
             raise BatcherClosedError("the model is not serving yet")
@@ -148,7 +150,7 @@ class DynamicBatcher:
         return sum(len(request.images) for request in self._waiting if request.key == key)
 
     async def _run(self, batch: list[_Request]) -> None:
-        images = torch.cat([request.images for request in batch])
+        images = np.concatenate([request.images for request in batch])
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
         try:

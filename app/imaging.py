@@ -164,10 +164,10 @@ def prepare_digit(decoded: DecodedImage, preprocess: Preprocess, name: str = "im
     return decoded.gray if decoded.alpha is None else decoded.gray * decoded.alpha
 
 
-def image_bytes_to_tensor(
+def image_bytes_to_pixels(
     payloads: list[bytes], preprocess: Preprocess, max_pixels: int, label: str = "files"
-) -> torch.Tensor:
-    """Decode and preprocess several uploads -> (B, 1, 28, 28) float32 batch."""
+) -> FloatImage:
+    """Decode and preprocess several uploads -> (B, 28, 28) float32 pixels in [0, 1]."""
     names = (
         [label]
         if len(payloads) == 1 and label == "file"
@@ -177,23 +177,29 @@ def image_bytes_to_tensor(
         prepare_digit(decode_image(data, max_pixels, name), preprocess, name)
         for data, name in zip(payloads, names, strict=True)
     ]
-    return to_unit_interval(torch.from_numpy(np.stack(digits)))
+    pixels: FloatImage = np.stack(digits)
+    return pixels
 
 
-def pixels_to_tensor(rows: list[list[float]]) -> torch.Tensor:
-    """Rows of 784 floats (row-major 28x28, MNIST convention) -> (B, 1, 28, 28), checked."""
+def pixels_to_array(rows: list[list[float]]) -> FloatImage:
+    """Rows of 784 floats (row-major 28x28, MNIST convention) -> (B, 28, 28), checked."""
     expected = IMAGE_SIZE * IMAGE_SIZE
     for index, row in enumerate(rows):
         if len(row) != expected:
             raise ImageInputError(f"pixels[{index}] has {len(row)} values; expected {expected}")
-    values = np.asarray(rows, dtype=np.float32).reshape(len(rows), 1, IMAGE_SIZE, IMAGE_SIZE)
-    finite = np.isfinite(values).all(axis=(1, 2, 3))
+    values = np.asarray(rows, dtype=np.float32).reshape(len(rows), IMAGE_SIZE, IMAGE_SIZE)
+    finite = np.isfinite(values).all(axis=(1, 2))
     if not finite.all():
         raise ImageInputError(f"pixels[{int(np.argmin(finite))}] contains NaN or infinity")
-    in_range = ((values >= 0.0) & (values <= 1.0)).all(axis=(1, 2, 3))
+    in_range = ((values >= 0.0) & (values <= 1.0)).all(axis=(1, 2))
     if not in_range.all():
         raise ImageInputError(
             f"pixels[{int(np.argmin(in_range))}] has values outside [0, 1]: "
             "send floats with 0 = black background and 1 = white ink"
         )
-    return to_unit_interval(torch.from_numpy(values))
+    return values
+
+
+def pixels_to_tensor(pixels: FloatImage) -> torch.Tensor:
+    """(B, 28, 28) pixels from the functions above -> the model's (B, 1, 28, 28) input."""
+    return to_unit_interval(torch.from_numpy(pixels))

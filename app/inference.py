@@ -25,8 +25,9 @@ from app.errors import describe_validation_errors
 from app.imaging import (
     ImageInputError,
     Preprocess,
-    image_bytes_to_tensor,
+    image_bytes_to_pixels,
     is_small_png,
+    pixels_to_array,
     pixels_to_tensor,
 )
 from app.multipart import MultipartError, TooManyPartsError, read_parts
@@ -61,12 +62,14 @@ class UnsupportedMediaTypeError(ImageInputError):
     status_code = 415
 
 
-def run_batch(model: LoadedModel, key: Hashable, images: torch.Tensor) -> BatchOutputs:
-    """The batcher's worker: one forward pass for every request queued under `key`.
+def run_batch(model: LoadedModel, key: Hashable, pixels: np.ndarray) -> BatchOutputs:
+    """The batcher's worker: one forward pass for the (N, 28, 28) pixels of every request
+    queued under `key`.
 
     Scores come back as numpy arrays: the batcher slices them per request and the event loop
     reads them value by value, both several times cheaper on arrays than on tensors.
     """
+    images = pixels_to_tensor(pixels)
     if key == RECONSTRUCT_KEY:
         return model.reconstruct(images)
     assert isinstance(key, tuple) and key[0] == "score", key
@@ -88,17 +91,19 @@ async def reconstruct_png(
     x = await decode_uploads([data], options.preprocess, max_pixels, "file")
     reconstruction, recon_loss = await services.batcher.submit(RECONSTRUCT_KEY, x)
     services.metrics.images.labels("reconstruct").inc()
-    shown = torch.cat([x, reconstruction]) if options.layout == "pair" else reconstruction
+    shown = [pixels_to_tensor(x), reconstruction] if options.layout == "pair" else [reconstruction]
     png = await run_in_threadpool(
-        lambda: png_bytes(make_grid(shown, nrow=len(shown), padding=0), scale=options.scale)
+        lambda: png_bytes(
+            make_grid(torch.cat(shown), nrow=len(shown), padding=0), scale=options.scale
+        )
     )
     return png, float(recon_loss[0])
 
 
 async def read_anomaly_images(
     request: Request, preprocess: Preprocess, settings: Settings
-) -> torch.Tensor:
-    """multipart `files`, JSON `images` (base64) or JSON `pixels` -> (B, 1, 28, 28)."""
+) -> np.ndarray:
+    """multipart `files`, JSON `images` (base64) or JSON `pixels` -> (B, 28, 28) pixels."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
         payloads = await _multipart_files(request, settings.max_batch)
@@ -106,7 +111,7 @@ async def read_anomaly_images(
         body = _parse_json_body(await request.body())
         if body.pixels is not None:
             _check_count(len(body.pixels), settings.max_batch, "pixels")
-            return await run_in_threadpool(pixels_to_tensor, body.pixels)
+            return await run_in_threadpool(pixels_to_array, body.pixels)
         assert body.images is not None  # guaranteed by AnomalyJsonBody's validator
         _check_count(len(body.images), settings.max_batch, "images")
         payloads = [_base64_image(text, index) for index, text in enumerate(body.images)]
@@ -121,17 +126,17 @@ async def read_anomaly_images(
 
 async def decode_uploads(
     payloads: list[bytes], preprocess: Preprocess, max_pixels: int, label: str
-) -> torch.Tensor:
-    """Image files -> (B, 1, 28, 28); inline when tiny, else in the thread pool."""
+) -> np.ndarray:
+    """Image files -> (B, 28, 28) pixels; inline when tiny, else in the thread pool."""
     if len(payloads) <= INLINE_DECODE_MAX_IMAGES and all(
         is_small_png(data, INLINE_DECODE_MAX_SIDE) for data in payloads
     ):
-        return image_bytes_to_tensor(payloads, preprocess, max_pixels, label)
-    return await run_in_threadpool(image_bytes_to_tensor, payloads, preprocess, max_pixels, label)
+        return image_bytes_to_pixels(payloads, preprocess, max_pixels, label)
+    return await run_in_threadpool(image_bytes_to_pixels, payloads, preprocess, max_pixels, label)
 
 
 async def score_anomalies(
-    x: torch.Tensor, options: AnomalyOptions, services: Services
+    x: np.ndarray, options: AnomalyOptions, services: Services
 ) -> AnomalyResponse:
     model, settings = services.model, services.settings
     score_name = options.score.value if options.score else model.default_score

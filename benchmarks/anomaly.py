@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from app.config import DEFAULT_MODEL_PATH
-from app.imaging import pixels_to_tensor
+from app.imaging import pixels_to_array, pixels_to_tensor
 from app.runtime import LoadedModel, load_model
 from vae_common.scoring import DEFAULT_SCORE, SCORE_DEFINITIONS
 
@@ -81,14 +81,16 @@ def anomaly_sets(mnist: torch.Tensor, fashion: torch.Tensor, seed: int) -> dict[
 def score_all(model: LoadedModel, images: torch.Tensor, score: str) -> np.ndarray:
     scores = []
     for chunk in images.split(512):
-        x = pixels_to_tensor(chunk.reshape(len(chunk), -1).tolist())
+        x = pixels_to_tensor(pixels_to_array(chunk.reshape(len(chunk), -1).tolist()))
         scores.append(model.score(x, score, None).score.double().numpy())
     return np.concatenate(scores)
 
 
 def time_one_image(model: LoadedModel, image: torch.Tensor, repeats: int) -> list[float]:
     def once() -> None:
-        model.score(pixels_to_tensor([image.reshape(-1).tolist()]), DEFAULT_SCORE, None)
+        model.score(
+            pixels_to_tensor(pixels_to_array([image.reshape(-1).tolist()])), DEFAULT_SCORE, None
+        )
 
     return _timings(once, repeats)
 

@@ -20,6 +20,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 import app.main
+from app.batching import BatchOutputs
 from app.runtime import LoadedModel
 from tests.conftest import PROJECT_ROOT, png_of
 from tests.synthetic import stroke_digits
@@ -240,12 +241,10 @@ def test_health_answers_while_a_batch_is_being_scored(
     inside_model, release = threading.Event(), threading.Event()
     real_run_batch = app.main.run_batch
 
-    def slow_run_batch(
-        model: LoadedModel, key: Hashable, images: torch.Tensor
-    ) -> tuple[torch.Tensor, ...]:
+    def slow_run_batch(model: LoadedModel, key: Hashable, pixels: np.ndarray) -> BatchOutputs:
         inside_model.set()
         assert release.wait(timeout=30)
-        return real_run_batch(model, key, images)
+        return real_run_batch(model, key, pixels)
 
     monkeypatch.setattr(app.main, "run_batch", slow_run_batch)
     with TestClient(make_app()) as client, ThreadPoolExecutor(max_workers=1) as pool:
