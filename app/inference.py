@@ -30,7 +30,7 @@ from app.imaging import (
     pixels_to_array,
     pixels_to_tensor,
 )
-from app.multipart import MultipartError, TooManyPartsError, read_parts
+from app.multipart import MultipartError, Part, TooManyPartsError, read_parts
 from app.runtime import LoadedModel
 from app.schemas import (
     AnomalyJsonBody,
@@ -104,7 +104,7 @@ async def read_anomaly_images(
     request: Request, preprocess: Preprocess, settings: Settings
 ) -> np.ndarray:
     """multipart `files`, JSON `images` (base64) or JSON `pixels` -> (B, 28, 28) pixels."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    content_type = _media_type(request)
     if content_type == "multipart/form-data":
         payloads = await _multipart_files(request, settings.max_batch)
     elif content_type == "application/json":
@@ -172,17 +172,24 @@ async def score_anomalies(
     )
 
 
+async def read_upload(request: Request, field: str) -> bytes:
+    """The one file sent as multipart/form-data field `field` (what /reconstruct takes)."""
+    if _media_type(request) != "multipart/form-data":
+        raise UnsupportedMediaTypeError(
+            f"send the picture as multipart/form-data with the file in field '{field}'"
+        )
+    files = [part for part in await _form_parts(request, 1, "") if part.name == field]
+    if not files:
+        raise ImageInputError(f"no file: send the picture in the multipart field '{field}'")
+    if len(files) > 1:
+        raise ImageInputError(f"{len(files)} parts named '{field}'; send one picture")
+    if not files[0].is_file:
+        raise ImageInputError(f"'{field}' is a text field; attach the picture as a file")
+    return bytes(files[0].data)
+
+
 async def _multipart_files(request: Request, max_batch: int) -> list[bytes]:
-    # Parts beyond max_batch + MAX_OTHER_PARTS stop the parser early; too many files still
-    # get this service's 422 below, whatever else the form carries.
-    try:
-        parts = await read_parts(request, max_parts=max_batch + MAX_OTHER_PARTS)
-    except TooManyPartsError:
-        raise ImageInputError(
-            f"too many parts in one request; at most {max_batch} files (VAE_MAX_BATCH) are accepted"
-        ) from None
-    except MultipartError as exc:
-        raise ImageInputError(f"the multipart body could not be parsed: {exc}") from None
+    parts = await _form_parts(request, max_batch, " (VAE_MAX_BATCH)")
     files = [part for part in parts if part.name == "files"]
     if not files:
         raise ImageInputError("no images: send one or more files in the multipart field 'files'")
@@ -191,6 +198,25 @@ async def _multipart_files(request: Request, max_batch: int) -> list[bytes]:
         if not part.is_file:
             raise ImageInputError(f"files[{index}] is a text field; attach it as a file")
     return [bytes(part.data) for part in files]
+
+
+async def _form_parts(request: Request, max_files: int, setting: str) -> list[Part]:
+    """Every part of the body. Parts beyond max_files + MAX_OTHER_PARTS stop the parser
+    early; too many files still get this service's 422, whatever else the form carries."""
+    try:
+        return await read_parts(request, max_parts=max_files + MAX_OTHER_PARTS)
+    except TooManyPartsError:
+        raise ImageInputError(
+            f"too many parts in one request; at most {max_files} "
+            f"file{'s' if max_files > 1 else ''}{setting} and {MAX_OTHER_PARTS} other fields "
+            "are accepted"
+        ) from None
+    except MultipartError as exc:
+        raise ImageInputError(f"the multipart body could not be parsed: {exc}") from None
+
+
+def _media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
 def _parse_json_body(raw: bytes) -> AnomalyJsonBody:

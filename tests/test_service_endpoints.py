@@ -189,6 +189,8 @@ def test_openapi_documents_every_endpoint_with_schemas(client: TestClient) -> No
         assert path in spec["paths"], path
     body = spec["paths"]["/anomaly-score"]["post"]["requestBody"]["content"]
     assert set(body) == {"multipart/form-data", "application/json"}
+    upload = spec["paths"]["/reconstruct"]["post"]["requestBody"]["content"]
+    assert upload["multipart/form-data"]["schema"]["required"] == ["file"]
     assert "AnomalyResponse" in spec["components"]["schemas"]
     assert client.get("/docs").status_code == 200
 

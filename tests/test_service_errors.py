@@ -86,6 +86,19 @@ def test_reconstruct_requires_the_file_field(client: TestClient) -> None:
     )
 
 
+def test_reconstruct_takes_exactly_one_file_sent_as_a_file(
+    client: TestClient, stroke_png: bytes
+) -> None:
+    two = [("file", ("a.png", stroke_png, "image/png")), ("file", ("b.png", stroke_png, ""))]
+    assert_error(client.post("/reconstruct", files=two), 422, "send one picture")
+    as_text = client.post("/reconstruct", data={"file": "not a file"}, files={"x": ("x", b"")})
+    assert_error(as_text, 422, "text field")
+    as_json = client.post("/reconstruct", json={"file": "aGVsbG8="})
+    assert_error(as_json, 415, "multipart/form-data")
+    many = [("file", ("a.png", stroke_png, "image/png"))] + [("f", ("x", b"x", ""))] * 40
+    assert_error(client.post("/reconstruct", files=many), 422, "too many parts")
+
+
 @pytest.mark.parametrize(("width", "height"), [(30_000, 30_000), (100_000, 100_000)])
 def test_reconstruct_refuses_a_decompression_bomb(
     client: TestClient, width: int, height: int

@@ -1,21 +1,44 @@
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Response, UploadFile
+from fastapi import APIRouter, Depends, Request, Response
 
 from app.deps import ServicesDep
-from app.inference import reconstruct_png
+from app.inference import read_upload, reconstruct_png
 from app.query import query_options, query_parameters
 from app.schemas import ErrorResponse, ReconstructOptions
 
 router = APIRouter(tags=["reconstruction"])
 
+# The body is read by app.multipart (as /anomaly-score's is), so describe it for /docs here.
+_REQUEST_BODY: dict[str, Any] = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "file": {
+                        "type": "string",
+                        "format": "binary",
+                        "description": "a picture of one digit, any Pillow format",
+                    }
+                },
+                "required": ["file"],
+            }
+        }
+    },
+}
+
 
 @router.post(
     "/reconstruct",
     response_class=Response,
-    openapi_extra={"parameters": query_parameters(ReconstructOptions)},
+    openapi_extra={
+        "requestBody": _REQUEST_BODY,
+        "parameters": query_parameters(ReconstructOptions),
+    },
     responses={
         200: {
             "content": {"image/png": {}},
@@ -29,12 +52,12 @@ router = APIRouter(tags=["reconstruction"])
     },
 )
 async def reconstruct(
-    file: Annotated[UploadFile, File(description="a picture of one digit, any Pillow format")],
+    request: Request,
     options: Annotated[ReconstructOptions, Depends(query_options(ReconstructOptions))],
     services: ServicesDep,
 ) -> Response:
     """Encode an uploaded digit and decode it again."""
-    png, recon_loss = await reconstruct_png(await file.read(), options, services)
+    png, recon_loss = await reconstruct_png(await read_upload(request, "file"), options, services)
     return Response(
         png,
         media_type="image/png",
