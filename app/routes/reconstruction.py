@@ -1,34 +1,28 @@
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
 
 from app.deps import ServicesDep
 from app.inference import read_upload, reconstruct_png
+from app.multipart import openapi_form
 from app.query import query_options, query_parameters
 from app.schemas import ErrorResponse, ReconstructOptions
 
 router = APIRouter(tags=["reconstruction"])
 
-# The body is read by app.multipart (as /anomaly-score's is), so describe it for /docs here.
-_REQUEST_BODY: dict[str, Any] = {
+# The body is read by app.multipart, so describe it for /docs here.
+_REQUEST_BODY = {
     "required": True,
-    "content": {
-        "multipart/form-data": {
-            "schema": {
-                "type": "object",
-                "properties": {
-                    "file": {
-                        "type": "string",
-                        "format": "binary",
-                        "description": "a picture of one digit, any Pillow format",
-                    }
-                },
-                "required": ["file"],
-            }
-        }
-    },
+    "content": openapi_form(
+        "file",
+        {
+            "type": "string",
+            "format": "binary",
+            "description": "a picture of one digit: PNG, JPEG, BMP, GIF, WEBP or TIFF",
+        },
+    ),
 }
 
 

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from app.deps import ServicesDep
 from app.inference import read_anomaly_images, score_anomalies
+from app.multipart import openapi_form
 from app.query import query_options, query_parameters
 from app.schemas import AnomalyJsonBody, AnomalyOptions, AnomalyResponse, ErrorResponse
 
@@ -15,15 +16,7 @@ router = APIRouter(tags=["scoring"])
 _REQUEST_BODY: dict[str, Any] = {
     "required": True,
     "content": {
-        "multipart/form-data": {
-            "schema": {
-                "type": "object",
-                "properties": {
-                    "files": {"type": "array", "items": {"type": "string", "format": "binary"}}
-                },
-                "required": ["files"],
-            }
-        },
+        **openapi_form("files", {"type": "array", "items": {"type": "string", "format": "binary"}}),
         "application/json": {"schema": AnomalyJsonBody.model_json_schema()},
     },
 }
