@@ -64,7 +64,10 @@ class DynamicBatcher:
         max_delay_s: float,
         max_queued_images: int,
         stats: BatchStats | None = None,
+        max_running: int = 1,
     ) -> None:
+        """`max_running` batches may run at once, one per executor thread (Triton's model
+        instance count); the next batch is gathered as soon as one of them is free."""
         self._run_batch = run_batch
         self._executor = executor
         self._max_size = max_size
@@ -75,6 +78,8 @@ class DynamicBatcher:
         self._queued_images = 0
         self._arrived = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._max_running = max_running
+        self._running: set[asyncio.Task[None]] = set()
 
     @property
     def queued_images(self) -> int:
@@ -84,10 +89,11 @@ class DynamicBatcher:
         self._task = asyncio.create_task(self._collect_forever(), name="dynamic-batcher")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        tasks = [*self._running, *([self._task] if self._task else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._task = None
         while self._waiting:
             request = self._waiting.popleft()
             if not request.future.done():
@@ -111,13 +117,20 @@ class DynamicBatcher:
         return await future
 
     async def _collect_forever(self) -> None:
+        free = asyncio.Semaphore(self._max_running)
         while True:
             if not self._waiting:
                 self._arrived.clear()
                 await self._arrived.wait()
+            await free.acquire()  # requests keep queueing while every instance is busy
             batch = await self._gather_batch()
-            if batch:
-                await self._run(batch)
+            if not batch:
+                free.release()
+                continue
+            task = asyncio.create_task(self._run(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+            task.add_done_callback(lambda _: free.release())
 
     async def _gather_batch(self) -> list[_Request]:
         """The oldest request plus same-key requests until full or the delay has passed."""

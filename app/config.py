@@ -47,6 +47,12 @@ class Settings(BaseSettings):
     torch_threads: int = Field(
         0, ge=0, description="intra-op CPU threads; 0 keeps torch's default (all cores)"
     )
+    model_instances: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="batches the model runs at once, each on one thread of its own",
+    )
     workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes")
     threadpool_size: int = Field(
         8, ge=1, le=256, description="threads decoding uploads and encoding PNGs"

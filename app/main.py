@@ -45,14 +45,23 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     here stops start-up (the process exits non-zero) instead of serving half-working."""
     settings: Settings = app.state.settings
     metrics: ServiceMetrics = app.state.metrics
-    if settings.torch_threads:
+    # With several model instances each batch runs on one thread: batches then run side by
+    # side instead of splitting every operation across the cores.
+    single_threaded = settings.model_instances > 1
+    if single_threaded:
+        torch.set_num_threads(1)
+    elif settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     # Decoding and PNG encoding are CPU-bound: more threads than a few per core only add
     # contention and per-thread malloc arenas (resident memory), not throughput.
     anyio.to_thread.current_default_thread_limiter().total_tokens = settings.threadpool_size
     try:
         model = await run_in_threadpool(
-            load_model, settings.model_path, settings.device, settings.batch_max_size
+            load_model,
+            settings.model_path,
+            settings.device,
+            settings.batch_max_size,
+            1 if single_threaded else None,
         )
     except (CheckpointError, DeviceUnavailableError) as exc:
         logger.critical("cannot start: %s", exc)
@@ -65,7 +74,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         model.load_seconds,
         extra={"model_id": model.model_id, "device": str(model.device)},
     )
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+    executor = ThreadPoolExecutor(
+        max_workers=settings.model_instances, thread_name_prefix="inference"
+    )
     batcher = DynamicBatcher(
         run_batch=partial(run_batch, model),
         executor=executor,
@@ -73,6 +84,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         max_delay_s=settings.batch_max_delay_ms / 1000.0,
         max_queued_images=settings.batch_queue_images,
         stats=BatchStats(on_batch=partial(_observe_batch, metrics)),
+        max_running=settings.model_instances,
     )
     metrics.queued_images.set_function(lambda: batcher.queued_images)
     batcher.start()

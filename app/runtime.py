@@ -198,12 +198,16 @@ def intra_op_threads(count: int) -> Iterator[None]:
 
 
 def load_model(
-    model_path: Path, device_choice: str, warm_up_rows: int = WARMUP_BATCH
+    model_path: Path,
+    device_choice: str,
+    warm_up_rows: int = WARMUP_BATCH,
+    cpu_threads: int | None = None,
 ) -> LoadedModel:
     """Load, verify and warm up the checkpoint; raises CheckpointError/DeviceUnavailableError.
 
     Warm-up runs every batch bucket up to `warm_up_rows` images, so that serving never
-    compiles a kernel (the service passes VAE_BATCH_MAX_SIZE)."""
+    compiles a kernel (the service passes VAE_BATCH_MAX_SIZE). `cpu_threads`: intra-op
+    threads for batches of SMALL_BATCH_IMAGES or more; torch's setting when None."""
     started = time.perf_counter()
     device = resolve_device(device_choice, "VAE_DEVICE")
     checkpoint = load_checkpoint(model_path, device)
@@ -218,9 +222,8 @@ def load_model(
     calibrations = {name: Calibration.from_table(tables[name]) for name in SCORE_DEFINITIONS}
     default_score = str(calibration.get("default_score", DEFAULT_SCORE))
     scorer = Scorer(checkpoint.module, calibration["components"])
-    loaded = LoadedModel(
-        checkpoint, device, scorer, calibrations, default_score, cpu_threads=torch.get_num_threads()
-    )
+    threads = cpu_threads or torch.get_num_threads()
+    loaded = LoadedModel(checkpoint, device, scorer, calibrations, default_score, threads)
     _warm_up(loaded, warm_up_rows)
     loaded.load_seconds = time.perf_counter() - started
     return loaded

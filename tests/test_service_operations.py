@@ -261,6 +261,30 @@ def test_health_answers_while_a_batch_is_being_scored(
     assert elapsed < 5.0
 
 
+def test_two_model_instances_run_two_batches_at_once(
+    make_app: Callable[..., FastAPI], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """VAE_MODEL_INSTANCES=2: a second batch starts while the first is still in the model."""
+    both_inside = threading.Barrier(2, timeout=30)
+    real_run_batch = app.main.run_batch
+    threads_seen: list[int] = []
+
+    def meeting_run_batch(model: LoadedModel, key: Hashable, pixels: np.ndarray) -> BatchOutputs:
+        threads_seen.append(torch.get_num_threads())
+        both_inside.wait()  # BrokenBarrierError (a 500) unless two batches are inside at once
+        return real_run_batch(model, key, pixels)
+
+    monkeypatch.setattr(app.main, "run_batch", meeting_run_batch)
+    digit = png_of(stroke_digits(1, seed=5)[0])
+    with TestClient(make_app(model_instances=2)) as client, ThreadPoolExecutor(2) as pool:
+        # Different computations never share a batch, so these are two batches.
+        scoring = pool.submit(client.post, "/anomaly-score", files={"files": ("d.png", digit, "")})
+        rebuilt = pool.submit(client.post, "/reconstruct", files={"file": ("d.png", digit, "")})
+        assert scoring.result(timeout=60).status_code == 200
+        assert rebuilt.result(timeout=60).status_code == 200
+    assert threads_seen == [1, 1]  # each instance computes on one thread
+
+
 def test_a_bad_request_does_not_affect_concurrent_good_ones(client: TestClient) -> None:
     digit = png_of(stroke_digits(1, seed=4)[0])
     expected = client.post("/anomaly-score", files={"files": ("d.png", digit, "")}).json()
