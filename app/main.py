@@ -48,6 +48,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # With several model instances each batch runs on one thread: batches then run side by
     # side instead of splitting every operation across the cores.
     single_threaded = settings.model_instances > 1
+    torch_threads_before = torch.get_num_threads()  # restored on shutdown
     if single_threaded:
         torch.set_num_threads(1)
     elif settings.torch_threads:
@@ -101,6 +102,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.ready = False
         await batcher.stop()
         executor.shutdown(wait=True)
+        torch.set_num_threads(torch_threads_before)
 
 
 def _observe_batch(metrics: ServiceMetrics, requests: int, images: int, seconds: float) -> None:

@@ -223,7 +223,9 @@ def load_model(
     default_score = str(calibration.get("default_score", DEFAULT_SCORE))
     scorer = Scorer(checkpoint.module, calibration["components"])
     threads = cpu_threads or torch.get_num_threads()
-    loaded = LoadedModel(checkpoint, device, scorer, calibrations, default_score, threads)
+    loaded = LoadedModel(
+        checkpoint, device, scorer, calibrations, default_score, cpu_threads=threads
+    )
     _warm_up(loaded, warm_up_rows)
     loaded.load_seconds = time.perf_counter() - started
     return loaded

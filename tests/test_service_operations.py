@@ -285,6 +285,11 @@ def test_two_model_instances_run_two_batches_at_once(
     assert threads_seen == [1, 1]  # each instance computes on one thread
 
 
+def test_one_instance_gives_large_batches_every_intra_op_thread(client: TestClient) -> None:
+    model = client.app.state.services.model  # type: ignore[attr-defined]
+    assert model.cpu_threads == torch.get_num_threads()
+
+
 def test_a_bad_request_does_not_affect_concurrent_good_ones(client: TestClient) -> None:
     digit = png_of(stroke_digits(1, seed=4)[0])
     expected = client.post("/anomaly-score", files={"files": ("d.png", digit, "")}).json()
