@@ -178,25 +178,29 @@ async def read_upload(request: Request, field: str) -> bytes:
         raise UnsupportedMediaTypeError(
             f"send the picture as multipart/form-data with the file in field '{field}'"
         )
-    files = [part for part in await _form_parts(request, 1, "") if part.name == field]
-    if not files:
-        raise ImageInputError(f"no file: send the picture in the multipart field '{field}'")
-    if len(files) > 1:
-        raise ImageInputError(f"{len(files)} parts named '{field}'; send one picture")
-    if not files[0].is_file:
-        raise ImageInputError(f"'{field}' is a text field; attach the picture as a file")
-    return bytes(files[0].data)
+    (data,) = await _uploaded_files(request, field, 1, "")
+    return data
 
 
 async def _multipart_files(request: Request, max_batch: int) -> list[bytes]:
-    parts = await _form_parts(request, max_batch, " (VAE_MAX_BATCH)")
-    files = [part for part in parts if part.name == "files"]
+    return await _uploaded_files(request, "files", max_batch, " (VAE_MAX_BATCH)")
+
+
+async def _uploaded_files(
+    request: Request, field: str, max_files: int, setting: str
+) -> list[bytes]:
+    """The files of multipart field `field`, in order: at least one, at most max_files
+    (`setting` names the knob for that limit in messages), each attached as a file."""
+    files = [part for part in await _form_parts(request, max_files, setting) if part.name == field]
     if not files:
-        raise ImageInputError("no images: send one or more files in the multipart field 'files'")
-    _check_count(len(files), max_batch, "files")
+        raise ImageInputError(f"no file: send the picture(s) in the multipart field '{field}'")
+    if len(files) > max_files:
+        raise ImageInputError(
+            f"{len(files)} files in field '{field}'; at most {max_files}{setting} per request"
+        )
     for index, part in enumerate(files):
         if not part.is_file:
-            raise ImageInputError(f"files[{index}] is a text field; attach it as a file")
+            raise ImageInputError(f"{field}[{index}] is a text field; attach it as a file")
     return [bytes(part.data) for part in files]
 
 

@@ -46,7 +46,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     metrics: ServiceMetrics = app.state.metrics
     # With several model instances each batch runs on one thread: batches then run side by
-    # side instead of splitting every operation across the cores.
+    # side instead of splitting every operation across the cores. Set before the inference
+    # threads start (they take this setting), so that no instance ever changes it mid-batch.
     single_threaded = settings.model_instances > 1
     torch_threads_before = torch.get_num_threads()  # restored on shutdown
     if single_threaded:

@@ -90,7 +90,7 @@ def test_reconstruct_takes_exactly_one_file_sent_as_a_file(
     client: TestClient, stroke_png: bytes
 ) -> None:
     two = [("file", ("a.png", stroke_png, "image/png")), ("file", ("b.png", stroke_png, ""))]
-    assert_error(client.post("/reconstruct", files=two), 422, "send one picture")
+    assert_error(client.post("/reconstruct", files=two), 422, "at most 1 per request")
     as_text = client.post("/reconstruct", data={"file": "not a file"}, files={"x": ("x", b"")})
     assert_error(as_text, 422, "text field")
     as_json = client.post("/reconstruct", json={"file": "aGVsbG8="})
