@@ -1,5 +1,6 @@
 # The service with the published model baked in. CPU build by default; for an NVIDIA GPU,
-# build with --build-arg TORCH_INDEX=default (CUDA wheels) - see docker-compose.yml.
+# build with --build-arg TORCH_INDEX=default (CUDA 13.0 wheels: host driver >= 580) - see
+# docker-compose.yml.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

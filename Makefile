@@ -1,22 +1,49 @@
 # Two commands on a fresh machine (Python 3.11+): `make serve` and `make test`.
+# torch comes as CPU wheels by default (TORCH=cpu): the CPU build from the PyTorch index when
+# that index answers within a few seconds, else the default index's build (with CUDA, several
+# GB). `make serve TORCH=cuda` installs the CUDA build from the default index on purpose.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+TORCH ?= cpu
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_REQUIREMENT := torch>=2.4,<2.15
+INDEX_PROBE_TIMEOUT_S ?= 4
+
+# Only on a venv without torch: later `pip install -e .` runs then keep the build chosen here.
+define install_torch
+	@if $(BIN)/python -c "import torch" 2>/dev/null; then :; \
+	elif [ "$(TORCH)" = "cuda" ]; then \
+		echo "torch: CUDA build from the default index (TORCH=cuda)"; \
+		$(BIN)/pip install --quiet "$(TORCH_REQUIREMENT)"; \
+	elif [ "$(TORCH)" != "cpu" ]; then \
+		echo "TORCH must be cpu or cuda, not '$(TORCH)'" >&2; exit 2; \
+	elif $$(command -v timeout >/dev/null && echo timeout $(INDEX_PROBE_TIMEOUT_S)) $(BIN)/python -c "import sys, urllib.request; \
+urllib.request.urlopen(sys.argv[1], timeout=$(INDEX_PROBE_TIMEOUT_S))" \
+		"$(TORCH_CPU_INDEX)/torch/" >/dev/null 2>&1; then \
+		echo "torch: CPU build from $(TORCH_CPU_INDEX)"; \
+		$(BIN)/pip install --quiet --index-url "$(TORCH_CPU_INDEX)" "$(TORCH_REQUIREMENT)"; \
+	else \
+		echo "torch: $(TORCH_CPU_INDEX) not reachable; the default index's build instead (with CUDA, several GB)"; \
+	fi
+endef
 
 .PHONY: serve test lint train benchmarks clean
 
 # Runtime dependencies only: the service needs the checkpoint, not the training code's extras.
 $(VENV)/.serve: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(install_torch)
 	$(BIN)/pip install --quiet -e .
 	touch $@
 
 $(VENV)/.dev: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(install_torch)
 	$(BIN)/pip install --quiet -e '.[train,dev]'
 	touch $@ $(VENV)/.serve
 
-serve: $(VENV)/.serve  ## start the service on the shipped checkpoint at http://127.0.0.1:8000
+serve: $(VENV)/.serve  ## start the service on the shipped checkpoint at http://127.0.0.1:8000 (TORCH=cuda for GPU wheels)
 	$(BIN)/python -m app
 
 test: $(VENV)/.dev  ## install everything and run the whole test suite
