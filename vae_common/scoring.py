@@ -5,7 +5,7 @@ Monte Carlo scores use a fixed bank of standard-normal draws (seeded, shared by 
 and every call), so a given image always gets the same score and calibration matches serving.
 
 The default, `typical_upright`, sums the surprises -log p of three tail probabilities, each
-calibrated on validation digits (Fisher's method; `TailModel`, `Scorer._typical_upright`):
+calibrated on validation digits (Fisher's method; `TailModel`, `Scorer.typical_upright`):
 - typicality of the deterministic negative ELBO (Nalisnick et al. 2019), two-sided: neither
   unusually high (Fashion-MNIST, noise) nor unusually low (blank images, which generative
   models notoriously find "likely");
@@ -23,8 +23,9 @@ al. 2021), with a product of per-statistic tails instead of a fitted joint densi
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -35,31 +36,6 @@ DEFAULT_ELBO_SAMPLES = 16
 DEFAULT_IWAE_SAMPLES = 64
 MAX_SAMPLES = 1000
 DEFAULT_SCORE = "typical_upright"
-MONTE_CARLO_SCORES = ("neg_elbo", "iwae_nll")
-
-SCORE_DEFINITIONS: dict[str, str] = {
-    "typical_upright": (
-        "Sum of -log tail probabilities, each calibrated on validation digits: two-sided for "
-        "the deterministic negative ELBO and for the excess reconstruction loss BCE - H(x) "
-        "(too unlikely, or implausibly simple), upper for the orientation surprisal "
-        "-log p(upright | x). One forward pass."
-    ),
-    "reconstruction": (
-        "Bernoulli reconstruction loss -log p(x | z = mu(x)) in nats, decoding the posterior mean."
-    ),
-    "neg_elbo": (
-        "Negative ELBO in nats: E_q[-log p(x | z)] over k fixed posterior draws "
-        "+ KL(q(z | x) || p(z)) in closed form."
-    ),
-    "iwae_nll": (
-        "Importance-weighted estimate of -log p(x) in nats with k fixed posterior draws "
-        "(Burda et al. 2016); tighter than the ELBO, costs k decoder passes."
-    ),
-    "orientation": (
-        "-log p(upright | x) in nats from the self-supervised orientation head "
-        "(8 dihedral classes), alone."
-    ),
-}
 
 
 class ScriptedVAE(Protocol):
@@ -81,16 +57,120 @@ class ScoreBatch:
     kl: Tensor
 
 
-def default_samples(score_name: str) -> int | None:
-    if score_name == "iwae_nll":
-        return DEFAULT_IWAE_SAMPLES
-    return DEFAULT_ELBO_SAMPLES if score_name == "neg_elbo" else None
-
-
 def fixed_draws(k: int, latent_dim: int, device: torch.device) -> Tensor:
     """(k, D) standard-normal draws, identical on every call."""
     generator = torch.Generator().manual_seed(NOISE_SEED)
     return torch.randn(k, latent_dim, generator=generator).to(device)
+
+
+class AnomalyTerms(NamedTuple):
+    """What one encoder and decoder pass gives every score, each (B,) in nats."""
+
+    recon: Tensor  # -log p(x | z = mu(x))
+    kl: Tensor  # KL(q(z | x) || p(z))
+    surprisal: Tensor  # -log p(upright | x) from the orientation head
+
+
+# A score from the images, the shared terms and k (None unless Monte Carlo) -> (B,).
+ScoreFn = Callable[["Scorer", Tensor, AnomalyTerms, "int | None"], Tensor]
+
+
+@dataclass(frozen=True)
+class ScoreSpec:
+    """One anomaly score: adding a score is one entry in SCORES (and its ScoreName)."""
+
+    name: str
+    definition: str
+    compute: ScoreFn
+    default_k: int | None = None  # Monte Carlo samples when a request names none
+    max_k: int | None = None
+
+    @property
+    def monte_carlo(self) -> bool:
+        return self.default_k is not None
+
+    def samples(self, k: int | None) -> int | None:
+        """The k this score runs with: None for deterministic scores (k is ignored)."""
+        if self.default_k is None:
+            return None
+        samples = self.default_k if k is None else k
+        limit = self.max_k or MAX_SAMPLES
+        if not 1 <= samples <= limit:
+            raise ValueError(f"k must be between 1 and {limit}, got {samples}")
+        return samples
+
+
+def _typical_upright(scorer: Scorer, x: Tensor, terms: AnomalyTerms, k: int | None) -> Tensor:
+    return scorer.typical_upright(component_statistics(x, *terms))
+
+
+def _neg_elbo(scorer: Scorer, x: Tensor, terms: AnomalyTerms, k: int | None) -> Tensor:
+    assert k is not None
+    recon_k, _ = scorer.importance_terms(x, k)
+    return recon_k.mean(dim=1) + terms.kl
+
+
+def _iwae_nll(scorer: Scorer, x: Tensor, terms: AnomalyTerms, k: int | None) -> Tensor:
+    assert k is not None
+    _, log_weights = scorer.importance_terms(x, k)
+    return -(torch.logsumexp(log_weights, dim=1) - math.log(k))
+
+
+SCORES: dict[str, ScoreSpec] = {
+    spec.name: spec
+    for spec in (
+        ScoreSpec(
+            "typical_upright",
+            "Sum of -log tail probabilities, each calibrated on validation digits: two-sided "
+            "for the deterministic negative ELBO and for the excess reconstruction loss "
+            "BCE - H(x) (too unlikely, or implausibly simple), upper for the orientation "
+            "surprisal -log p(upright | x). One forward pass.",
+            _typical_upright,
+        ),
+        ScoreSpec(
+            "reconstruction",
+            "Bernoulli reconstruction loss -log p(x | z = mu(x)) in nats, decoding the "
+            "posterior mean.",
+            lambda scorer, x, terms, k: terms.recon,
+        ),
+        ScoreSpec(
+            "neg_elbo",
+            "Negative ELBO in nats: E_q[-log p(x | z)] over k fixed posterior draws "
+            "+ KL(q(z | x) || p(z)) in closed form.",
+            _neg_elbo,
+            default_k=DEFAULT_ELBO_SAMPLES,
+            max_k=MAX_SAMPLES,
+        ),
+        ScoreSpec(
+            "iwae_nll",
+            "Importance-weighted estimate of -log p(x) in nats with k fixed posterior draws "
+            "(Burda et al. 2016); tighter than the ELBO, costs k decoder passes.",
+            _iwae_nll,
+            default_k=DEFAULT_IWAE_SAMPLES,
+            max_k=MAX_SAMPLES,
+        ),
+        ScoreSpec(
+            "orientation",
+            "-log p(upright | x) in nats from the self-supervised orientation head "
+            "(8 dihedral classes), alone.",
+            lambda scorer, x, terms, k: terms.surprisal,
+        ),
+    )
+}
+# Views of SCORES under the names training and the benchmarks import.
+SCORE_DEFINITIONS: dict[str, str] = {name: spec.definition for name, spec in SCORES.items()}
+MONTE_CARLO_SCORES = tuple(name for name, spec in SCORES.items() if spec.monte_carlo)
+
+
+def score_spec(score_name: str) -> ScoreSpec:
+    spec = SCORES.get(score_name)
+    if spec is None:
+        raise ValueError(f"unknown score {score_name!r}: expected one of {sorted(SCORES)}")
+    return spec
+
+
+def default_samples(score_name: str) -> int | None:
+    return score_spec(score_name).default_k
 
 
 # Calibration: empirical quantiles of each score on the validation split.
@@ -212,22 +292,11 @@ class Scorer:
     @torch.inference_mode()
     def score(self, x: Tensor, score_name: str, k: int | None = None) -> ScoreBatch:
         """Score (B, 1, 28, 28) images in [0, 1] with `score_name`; `k` for Monte Carlo ones."""
-        if score_name not in SCORE_DEFINITIONS:
-            raise ValueError(
-                f"unknown score {score_name!r}: expected one of {sorted(SCORE_DEFINITIONS)}"
-            )
-        recon, kl, surprisal = self.model.anomaly_terms(x)
-        if score_name == "reconstruction":
-            score = recon
-        elif score_name == "orientation":
-            score = surprisal
-        elif score_name == DEFAULT_SCORE:
-            score = self._typical_upright(component_statistics(x, recon, kl, surprisal))
-        else:
-            score = self._monte_carlo(x, kl, score_name, k)
-        return ScoreBatch(score, recon, kl)
+        spec = score_spec(score_name)
+        terms = AnomalyTerms(*self.model.anomaly_terms(x))
+        return ScoreBatch(spec.compute(self, x, terms, spec.samples(k)), terms.recon, terms.kl)
 
-    def _typical_upright(self, statistics: dict[str, np.ndarray]) -> Tensor:
+    def typical_upright(self, statistics: dict[str, np.ndarray]) -> Tensor:
         if self.components is None:
             raise RuntimeError("typical_upright needs fitted components (see calibrate_scores)")
         total = np.zeros_like(statistics["orientation"])
@@ -238,16 +307,10 @@ class Scorer:
             )
         return torch.from_numpy(total).float()
 
-    def _monte_carlo(self, x: Tensor, kl: Tensor, score_name: str, k: int | None) -> Tensor:
-        samples = k if k is not None else default_samples(score_name)
-        assert samples is not None
-        if not 1 <= samples <= MAX_SAMPLES:
-            raise ValueError(f"k must be between 1 and {MAX_SAMPLES}, got {samples}")
+    def importance_terms(self, x: Tensor, samples: int) -> tuple[Tensor, Tensor]:
+        """(B, k) reconstruction losses and log importance weights over k fixed draws."""
         eps = fixed_draws(samples, self.model.latent_dim, x.device)
-        recon_k, log_weights = self._chunked_importance_terms(x, eps)
-        if score_name == "neg_elbo":
-            return recon_k.mean(dim=1) + kl
-        return -(torch.logsumexp(log_weights, dim=1) - math.log(samples))
+        return self._chunked_importance_terms(x, eps)
 
     def _chunked_importance_terms(
         self, x: Tensor, eps: Tensor, max_decodes: int = 16_384
@@ -291,8 +354,8 @@ def calibrate_scores(model: ScriptedVAE, x: Tensor, chunk: int = 1000) -> dict[s
     }
     scorer = Scorer(model, components)
     tables = {}
-    for name in SCORE_DEFINITIONS:
-        k = default_samples(name)
+    for name, spec in SCORES.items():
+        k = spec.default_k
         active = scorer if name == DEFAULT_SCORE else raw
         scores = torch.cat([active.score(part, name, k).score for part in x.split(chunk)])
         tables[name] = calibration_table(scores.double().numpy(), k)
