@@ -1,12 +1,12 @@
 """Dynamic batching, as TorchServe and Triton do it: requests that arrive close together
 share one forward pass.
 
-Each request submits (n, 28, 28) pixels (a numpy array) under a key naming the computation (e.g.
-("score", "neg_elbo", 16)). A single collector task takes the oldest waiting request, waits
-up to `max_delay` for more with the same key (until `max_size` images), runs the batch on
-the one inference thread and hands every request its own rows of the result. The model sees
-nothing but the concatenated rows, and every computation is per image, so batching never
-changes a result. A bounded queue turns overload into 503s instead of unbounded latency.
+Each request submits its input rows (an (n, ...) numpy array) under a job (app.jobs). A
+single collector task takes the oldest waiting request, waits up to `max_delay` for more
+with an equal job (until `max_size` rows), runs the job once on the concatenated rows on an
+inference thread and hands every request its own rows of the result. Every computation is
+per row, so batching never changes a result. A bounded queue turns overload into 503s
+instead of unbounded latency.
 """
 
 from __future__ import annotations
@@ -15,21 +15,18 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-logger = logging.getLogger("app.batching")
+if TYPE_CHECKING:
+    from app.engine import Engine, EngineHolder
+    from app.jobs import Job, Outputs
 
-# The worker's outputs: tensors or numpy arrays with one row per image, which the batcher
-# slices back into each request's rows.
-BatchOutputs = tuple[Any, ...]
-# The worker gets the concatenated pixels, (N, 28, 28): tensors are made on its thread, once
-# per batch, so the event loop runs no torch op.
-BatchFn = Callable[[Hashable, np.ndarray], BatchOutputs]
+logger = logging.getLogger("app.batching")
 
 
 class QueueFullError(RuntimeError):
@@ -40,11 +37,18 @@ class BatcherClosedError(RuntimeError):
     pass
 
 
+class Served(NamedTuple):
+    """One request's rows of every output, and the engine that computed them."""
+
+    outputs: Outputs
+    engine: Engine
+
+
 @dataclass
 class _Request:
-    key: Hashable
-    images: np.ndarray  # (n, 28, 28)
-    future: asyncio.Future[BatchOutputs]
+    job: Job
+    inputs: np.ndarray  # (n, ...)
+    future: asyncio.Future[Served]
     enqueued: float = field(default_factory=time.perf_counter)
 
 
@@ -58,7 +62,7 @@ class BatchStats:
 class DynamicBatcher:
     def __init__(
         self,
-        run_batch: BatchFn,
+        engines: EngineHolder,
         executor: ThreadPoolExecutor,
         max_size: int,
         max_delay_s: float,
@@ -68,7 +72,7 @@ class DynamicBatcher:
     ) -> None:
         """`max_running` batches may run at once, one per executor thread (Triton's model
         instance count); the next batch is gathered as soon as one of them is free."""
-        self._run_batch = run_batch
+        self._engines = engines
         self._executor = executor
         self._max_size = max_size
         self._max_delay_s = max_delay_s
@@ -100,18 +104,18 @@ class DynamicBatcher:
                 request.future.set_exception(BatcherClosedError("the service is shutting down"))
         self._queued_images = 0
 
-    async def submit(self, key: Hashable, images: np.ndarray) -> BatchOutputs:
-        """Queue `images` for `key`; returns this request's rows of every output."""
+    async def submit(self, job: Job, inputs: np.ndarray) -> Served:
+        """Queue `inputs` for `job`; returns this request's rows of every output."""
         if self._task is None:
             raise BatcherClosedError("the model is not serving yet")
-        count = len(images)
+        count = len(inputs)
         if self._queued_images + count > self._max_queued_images:
             raise QueueFullError(
                 f"{self._queued_images} images are already waiting for the model "
                 f"(limit {self._max_queued_images})"
             )
-        future: asyncio.Future[BatchOutputs] = asyncio.get_running_loop().create_future()
-        self._waiting.append(_Request(key, images, future))
+        future: asyncio.Future[Served] = asyncio.get_running_loop().create_future()
+        self._waiting.append(_Request(job, inputs, future))
         self._queued_images += count
         self._arrived.set()
         return await future
@@ -133,10 +137,14 @@ class DynamicBatcher:
             task.add_done_callback(lambda _: free.release())
 
     async def _gather_batch(self) -> list[_Request]:
-        """The oldest request plus same-key requests until full or the delay has passed."""
+        """The oldest request plus equal-job requests until full or the delay has passed."""
         first = self._waiting[0]
+        if not first.job.shares_batches:
+            self._waiting.popleft()
+            self._queued_images -= len(first.inputs)
+            return [] if first.future.done() else [first]
         deadline = first.enqueued + self._max_delay_s
-        while self._images_for(first.key) < self._max_size:
+        while self._rows_for(first.job) < self._max_size:
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 break
@@ -146,41 +154,45 @@ class DynamicBatcher:
             except TimeoutError:
                 break
         batch: list[_Request] = []
-        images = 0
+        rows = 0
         for request in list(self._waiting):
-            if request.key != first.key:
+            if request.job != first.job:
                 continue
-            if batch and images + len(request.images) > self._max_size:
+            if batch and rows + len(request.inputs) > self._max_size:
                 break
             batch.append(request)
-            images += len(request.images)
+            rows += len(request.inputs)
             self._waiting.remove(request)
-        self._queued_images -= images
+        self._queued_images -= rows
         # Requests whose caller went away are dropped rather than computed.
         return [request for request in batch if not request.future.done()]
 
-    def _images_for(self, key: Hashable) -> int:
-        return sum(len(request.images) for request in self._waiting if request.key == key)
+    def _rows_for(self, job: Job) -> int:
+        return sum(len(request.inputs) for request in self._waiting if request.job == job)
+
+    def _execute(self, job: Job, inputs: np.ndarray) -> Served:
+        """On an inference thread: the engine is read once, so the whole batch uses one."""
+        engine = self._engines.current
+        return Served(job.run(engine, inputs), engine)
 
     async def _run(self, batch: list[_Request]) -> None:
-        images = np.concatenate([request.images for request in batch])
+        inputs = np.concatenate([request.inputs for request in batch])
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
         try:
-            outputs = await loop.run_in_executor(
-                self._executor, self._run_batch, batch[0].key, images
-            )
+            served = await loop.run_in_executor(self._executor, self._execute, batch[0].job, inputs)
         except Exception as exc:  # deliver the failure to the callers, keep serving
-            logger.exception("batch of %d images failed", len(images))
+            logger.exception("batch of %d rows failed", len(inputs))
             for request in batch:
                 if not request.future.done():
                     request.future.set_exception(exc)
             return
         if self._stats.on_batch is not None:
-            self._stats.on_batch(len(batch), len(images), time.perf_counter() - started)
+            self._stats.on_batch(len(batch), len(inputs), time.perf_counter() - started)
         offset = 0
         for request in batch:
-            rows = slice(offset, offset + len(request.images))
-            offset += len(request.images)
+            rows = slice(offset, offset + len(request.inputs))
+            offset += len(request.inputs)
             if not request.future.done():
-                request.future.set_result(tuple(output[rows] for output in outputs))
+                outputs = tuple(output[rows] for output in served.outputs)
+                request.future.set_result(Served(outputs, served.engine))

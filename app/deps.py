@@ -17,8 +17,8 @@ from fastapi import Depends, HTTPException, Request, status
 
 from app.batching import DynamicBatcher
 from app.config import Settings
+from app.engine import Engine, EngineHolder
 from app.metrics import ServiceMetrics
-from app.runtime import LoadedModel
 
 
 @dataclass(frozen=True)
@@ -26,9 +26,14 @@ class Services:
     """Everything the model routes use; assembled once, in the lifespan."""
 
     settings: Settings
-    model: LoadedModel
+    engines: EngineHolder
     batcher: DynamicBatcher
     metrics: ServiceMetrics
+
+    @property
+    def engine(self) -> Engine:
+        """The engine serving now (for lookups: a reply names the engine of its batch)."""
+        return self.engines.current
 
 
 async def get_services(request: Request) -> Services:

@@ -1,4 +1,8 @@
-"""Every error leaves as JSON with a `detail` string that tells the caller what to fix."""
+"""Every error leaves as JSON with a `detail` string that tells the caller what to fix.
+
+Any layer (body readers, image decoding, jobs, the engine) raises a ClientError subclass;
+one handler turns it into its status code. Overload and shutdown come from the batcher.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +14,40 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from app.batching import BatcherClosedError, QueueFullError
-from app.imaging import ImageInputError
+from app.schemas import ErrorResponse
 
 logger = logging.getLogger("app.errors")
 RETRY_AFTER_SECONDS = "1"
+
+
+class ClientError(ValueError):
+    """A request the service cannot serve as sent; the message says what to change."""
+
+    status_code = status.HTTP_422_UNPROCESSABLE_CONTENT
+
+
+class InvalidInputError(ClientError):
+    status_code = status.HTTP_422_UNPROCESSABLE_CONTENT
+
+
+class UnsupportedMediaTypeError(ClientError):
+    status_code = status.HTTP_415_UNSUPPORTED_MEDIA_TYPE
+
+
+class PayloadTooLargeError(ClientError):
+    status_code = status.HTTP_413_CONTENT_TOO_LARGE
+
+
+# The error replies of a route that reads a body and runs the model, for its `responses=`.
+MODEL_ROUTE_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse}
+    for code in (
+        status.HTTP_413_CONTENT_TOO_LARGE,
+        status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+        status.HTTP_422_UNPROCESSABLE_CONTENT,
+        status.HTTP_503_SERVICE_UNAVAILABLE,
+    )
+}
 
 
 def describe_validation_errors(errors: Any) -> str:
@@ -34,8 +68,8 @@ def install_error_handlers(app: FastAPI) -> None:
             content={"detail": describe_validation_errors(exc.errors())},
         )
 
-    @app.exception_handler(ImageInputError)
-    async def _bad_image(_: Request, exc: ImageInputError) -> JSONResponse:
+    @app.exception_handler(ClientError)
+    async def _client_error(_: Request, exc: ClientError) -> JSONResponse:
         return JSONResponse(status_code=exc.status_code, content={"detail": str(exc)})
 
     @app.exception_handler(QueueFullError)

@@ -12,6 +12,7 @@ import pyspng
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from app.errors import InvalidInputError, UnsupportedMediaTypeError
 from vae_common.pixels import IMAGE_SIZE, FloatImage, mnist_style, to_unit_interval
 
 Preprocess = Literal["mnist", "none"]
@@ -24,14 +25,12 @@ HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 FAST_PNG_MAX_SIDE = 64
 
 
-class ImageInputError(ValueError):
-    """An upload the service cannot use; `status_code` says which 4xx it maps to."""
-
-    status_code = 422
+class ImageInputError(InvalidInputError):
+    """An uploaded image the service cannot use (422)."""
 
 
-class UnsupportedImageError(ImageInputError):
-    status_code = 415
+class UnsupportedImageError(UnsupportedMediaTypeError):
+    """Bytes that are no image in a format the service reads (415)."""
 
 
 @dataclass(frozen=True)
@@ -186,14 +185,14 @@ def pixels_to_array(rows: list[list[float]]) -> FloatImage:
     expected = IMAGE_SIZE * IMAGE_SIZE
     for index, row in enumerate(rows):
         if len(row) != expected:
-            raise ImageInputError(f"pixels[{index}] has {len(row)} values; expected {expected}")
+            raise InvalidInputError(f"pixels[{index}] has {len(row)} values; expected {expected}")
     values = np.asarray(rows, dtype=np.float32).reshape(len(rows), IMAGE_SIZE, IMAGE_SIZE)
     finite = np.isfinite(values).all(axis=(1, 2))
     if not finite.all():
-        raise ImageInputError(f"pixels[{int(np.argmin(finite))}] contains NaN or infinity")
+        raise InvalidInputError(f"pixels[{int(np.argmin(finite))}] contains NaN or infinity")
     in_range = ((values >= 0.0) & (values <= 1.0)).all(axis=(1, 2))
     if not in_range.all():
-        raise ImageInputError(
+        raise InvalidInputError(
             f"pixels[{int(np.argmin(in_range))}] has values outside [0, 1]: "
             "send floats with 0 = black background and 1 = white ink"
         )

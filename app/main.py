@@ -10,7 +10,6 @@ from contextlib import asynccontextmanager
 from functools import partial
 
 import anyio
-import torch
 from fastapi import Depends, FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -19,12 +18,12 @@ from starlette.concurrency import run_in_threadpool
 from app.batching import BatchStats, DynamicBatcher
 from app.config import Settings, get_settings
 from app.deps import Services
+from app.engine import EngineHolder, load_engine
 from app.errors import install_error_handlers
-from app.inference import run_batch
+from app.execution import Execution, choose_execution
 from app.metrics import ServiceMetrics
 from app.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from app.routes import operations, reconstruction, sampling, scoring
-from app.runtime import load_model
 from app.security import require_api_key
 from vae_common.checkpoint import CheckpointError
 from vae_common.devices import DeviceUnavailableError
@@ -45,42 +44,36 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     here stops start-up (the process exits non-zero) instead of serving half-working."""
     settings: Settings = app.state.settings
     metrics: ServiceMetrics = app.state.metrics
-    # With several model instances each batch runs on one thread: batches then run side by
-    # side instead of splitting every operation across the cores. Set before the inference
-    # threads start (they take this setting), so that no instance ever changes it mid-batch.
-    single_threaded = settings.model_instances > 1
-    torch_threads_before = torch.get_num_threads()  # restored on shutdown
-    if single_threaded:
-        torch.set_num_threads(1)
-    elif settings.torch_threads:
-        torch.set_num_threads(settings.torch_threads)
     # Decoding and PNG encoding are CPU-bound: more threads than a few per core only add
     # contention and per-thread malloc arenas (resident memory), not throughput.
     anyio.to_thread.current_default_thread_limiter().total_tokens = settings.threadpool_size
+    execution: Execution | None = None
     try:
-        model = await run_in_threadpool(
-            load_model,
-            settings.model_path,
-            settings.device,
-            settings.batch_max_size,
-            1 if single_threaded else None,
+        execution = choose_execution(
+            settings.device, settings.torch_threads, settings.model_instances
+        )
+        engine = await run_in_threadpool(
+            load_engine, settings.model_path, execution, settings.batch_max_size
         )
     except (CheckpointError, DeviceUnavailableError) as exc:
         logger.critical("cannot start: %s", exc)
+        if execution is not None:
+            execution.close()
         raise
     logger.info(
         "model %s loaded from %s on %s in %.2fs",
-        model.model_id,
+        engine.model_id,
         settings.model_path,
-        model.device,
-        model.load_seconds,
-        extra={"model_id": model.model_id, "device": str(model.device)},
+        engine.device,
+        engine.load_seconds,
+        extra={"model_id": engine.model_id, "device": str(engine.device)},
     )
+    engines = EngineHolder(engine)
     executor = ThreadPoolExecutor(
         max_workers=settings.model_instances, thread_name_prefix="inference"
     )
     batcher = DynamicBatcher(
-        run_batch=partial(run_batch, model),
+        engines=engines,
         executor=executor,
         max_size=settings.batch_max_size,
         max_delay_s=settings.batch_max_delay_ms / 1000.0,
@@ -90,7 +83,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     metrics.queued_images.set_function(lambda: batcher.queued_images)
     batcher.start()
-    app.state.services = Services(settings, model, batcher, metrics)
+    app.state.services = Services(settings, engines, batcher, metrics)
     # torch, FastAPI and the model leave ~200k objects that live as long as the process.
     # A full garbage collection walks all of them (measured: 94 ms, during which no request
     # moves); frozen, they are skipped, and a full collection takes microseconds.
@@ -103,7 +96,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.ready = False
         await batcher.stop()
         executor.shutdown(wait=True)
-        torch.set_num_threads(torch_threads_before)
+        execution.close()
 
 
 def _observe_batch(metrics: ServiceMetrics, requests: int, images: int, seconds: float) -> None:

@@ -8,10 +8,11 @@ import re
 import time
 import uuid
 
-from fastapi import HTTPException, status
+from fastapi import status
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.errors import PayloadTooLargeError
 from app.metrics import ServiceMetrics
 
 access_logger = logging.getLogger("app.access")
@@ -20,14 +21,10 @@ REQUEST_ID_HEADER = "X-Request-ID"
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
-class BodyTooLargeError(HTTPException):
-    def __init__(self, limit: int) -> None:
-        super().__init__(
-            status_code=status.HTTP_413_CONTENT_TOO_LARGE,
-            detail=(
-                f"request body exceeds {limit} bytes (VAE_MAX_UPLOAD_BYTES); send a smaller file"
-            ),
-        )
+def body_too_large(limit: int) -> PayloadTooLargeError:
+    return PayloadTooLargeError(
+        f"request body exceeds {limit} bytes (VAE_MAX_UPLOAD_BYTES); send a smaller file"
+    )
 
 
 class BodySizeLimitMiddleware:
@@ -48,7 +45,7 @@ class BodySizeLimitMiddleware:
         declared = Headers(scope=scope).get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await _send_json(
-                send, status.HTTP_413_CONTENT_TOO_LARGE, BodyTooLargeError(self.max_bytes).detail
+                send, status.HTTP_413_CONTENT_TOO_LARGE, str(body_too_large(self.max_bytes))
             )
             return
         received = 0
@@ -59,7 +56,7 @@ class BodySizeLimitMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise BodyTooLargeError(self.max_bytes)
+                    raise body_too_large(self.max_bytes)
             return message
 
         await self.app(scope, limited_receive, send)

@@ -2,7 +2,7 @@
 
 Scores MNIST test (normal) against Fashion-MNIST test, flipped and rotated MNIST, uniform
 noise, blank and constant images and inverted digits, through the service's own scoring
-path (`app.runtime.load_model` -> `LoadedModel.score`, the function the dynamic batcher
+path (`app.engine.load_engine` -> `Engine.score`, the function the dynamic batcher
 calls; pixels enter as the JSON `pixels` / preprocess=none path builds them). Prints, per
 set and score: AUROC, FPR at 95% TPR and the detection rate at the default threshold, then
 the false-positive rate on MNIST test at each score's default threshold, and the latency of
@@ -25,7 +25,7 @@ import torch
 
 from app.config import DEFAULT_MODEL_PATH
 from app.imaging import pixels_to_array, pixels_to_tensor
-from app.runtime import LoadedModel, load_model
+from app.engine import Engine, load_engine
 from vae_common.scoring import DEFAULT_SCORE, SCORE_DEFINITIONS
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -78,7 +78,7 @@ def anomaly_sets(mnist: torch.Tensor, fashion: torch.Tensor, seed: int) -> dict[
     }
 
 
-def score_all(model: LoadedModel, images: torch.Tensor, score: str) -> np.ndarray:
+def score_all(model: Engine, images: torch.Tensor, score: str) -> np.ndarray:
     scores = []
     for chunk in images.split(512):
         x = pixels_to_tensor(pixels_to_array(chunk.reshape(len(chunk), -1).tolist()))
@@ -86,7 +86,7 @@ def score_all(model: LoadedModel, images: torch.Tensor, score: str) -> np.ndarra
     return np.concatenate(scores)
 
 
-def time_one_image(model: LoadedModel, image: torch.Tensor, repeats: int) -> list[float]:
+def time_one_image(model: Engine, image: torch.Tensor, repeats: int) -> list[float]:
     def once() -> None:
         model.score(
             pixels_to_tensor(pixels_to_array([image.reshape(-1).tolist()])), DEFAULT_SCORE, None
@@ -117,7 +117,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    model = load_model(args.model, "cpu")
+    model = load_engine(args.model)
     mnist = load_split(args.data_root, "mnist")[: args.limit]
     fashion = load_split(args.data_root, "fashion")[: args.limit]
     sets = anomaly_sets(mnist, fashion, seed=0)
@@ -155,7 +155,7 @@ def render(
     scores: list[str],
     normal_count: int,
     latency: list[float],
-    model: LoadedModel,
+    model: Engine,
 ) -> str:
     header = "| set (n) | " + " | ".join(f"`{s}`" for s in scores) + " |"
     lines = [
@@ -176,7 +176,7 @@ def render(
     quantiles = statistics.quantiles(latency, n=100)
     lines += [
         "",
-        f"Default score `{DEFAULT_SCORE}`, one image through `LoadedModel.score` "
+        f"Default score `{DEFAULT_SCORE}`, one image through `Engine.score` "
         f"(pixels parsed, one forward pass, calibration): p50 {statistics.median(latency):.2f} ms,"
         f" p95 {quantiles[94]:.2f} ms, p99 {quantiles[98]:.2f} ms "
         f"({torch.get_num_threads()} torch threads).",

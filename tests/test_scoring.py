@@ -12,7 +12,7 @@ import torch
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from app.runtime import batch_buckets, load_model, padded_batch_size
+from app.engine import batch_buckets, load_engine, padded_batch_size
 from app.schemas import ScoreName
 from tests.conftest import SHIPPED_MODEL
 from vae_common.scoring import (
@@ -41,7 +41,7 @@ def test_calibration_percentiles_are_monotone_and_bounded() -> None:
 
 
 def test_every_shipped_calibration_is_monotone() -> None:
-    model = load_model(SHIPPED_MODEL, "cpu")
+    model = load_engine(SHIPPED_MODEL)
     for name, calibration in model.calibrations.items():
         assert np.all(np.diff(calibration.values) >= 0), name
         named = model.checkpoint.metadata["calibration"]["scores"][name]["named"]
@@ -78,7 +78,7 @@ def test_fixed_draws_are_the_same_on_every_call() -> None:
 
 
 def test_scores_are_deterministic(tiny_model_path: Path) -> None:
-    model = load_model(tiny_model_path, "cpu")
+    model = load_engine(tiny_model_path)
     x = torch.rand(5, 1, 28, 28)
     for name in SCORE_DEFINITIONS:
         first = model.score(x, name, None).score
@@ -97,7 +97,7 @@ def test_batch_buckets_are_few_and_pad_at_most_a_fifth() -> None:
 
 
 def test_padding_rows_change_no_result(tiny_model_path: Path) -> None:
-    model = load_model(tiny_model_path, "cpu")
+    model = load_engine(tiny_model_path)
     x = torch.rand(9, 1, 28, 28)  # runs as a batch of 10: one blank row is added
     for name in SCORE_DEFINITIONS:
         batch = model.score(x, name, None)

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.imaging import is_small_png
-from app.inference import run_batch, score_key
+from app.jobs import ScoreJob
 from app.logs import JsonFormatter
 from tests.conftest import png_of
 from tests.synthetic import stroke_digits
@@ -232,10 +232,10 @@ def test_access_log_is_structured_and_carries_the_request_id(
 
 def test_small_batches_leave_the_thread_setting_as_it_was(client: TestClient) -> None:
     before = torch.get_num_threads()
-    model = client.app.state.services.model  # type: ignore[attr-defined]
+    engine = client.app.state.services.engine  # type: ignore[attr-defined]
     for size in (1, 64):
         pixels = np.random.default_rng(size).random((size, 28, 28), dtype=np.float32)
-        outputs = run_batch(model, score_key("typical_upright", None), pixels)
+        outputs = ScoreJob("typical_upright", None).run(engine, pixels)
         assert outputs[0].shape == (size,)
         assert torch.get_num_threads() == before
 

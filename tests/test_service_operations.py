@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,9 +19,8 @@ import torch
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-import app.main
-from app.batching import BatchOutputs
-from app.runtime import LoadedModel
+from app.batching import DynamicBatcher, Served
+from app.jobs import Job
 from tests.conftest import PROJECT_ROOT, png_of
 from tests.synthetic import stroke_digits
 from vae_common.checkpoint import CheckpointError
@@ -239,14 +238,14 @@ def test_health_answers_while_a_batch_is_being_scored(
 ) -> None:
     """The model runs on its own thread: /healthz must answer while it is busy."""
     inside_model, release = threading.Event(), threading.Event()
-    real_run_batch = app.main.run_batch
+    real_execute = DynamicBatcher._execute
 
-    def slow_run_batch(model: LoadedModel, key: Hashable, pixels: np.ndarray) -> BatchOutputs:
+    def slow_execute(batcher: DynamicBatcher, job: Job, inputs: np.ndarray) -> Served:
         inside_model.set()
         assert release.wait(timeout=30)
-        return real_run_batch(model, key, pixels)
+        return real_execute(batcher, job, inputs)
 
-    monkeypatch.setattr(app.main, "run_batch", slow_run_batch)
+    monkeypatch.setattr(DynamicBatcher, "_execute", slow_execute)
     with TestClient(make_app()) as client, ThreadPoolExecutor(max_workers=1) as pool:
         scoring = pool.submit(client.post, "/anomaly-score", json={"pixels": [[0.0] * 784] * 64})
         assert inside_model.wait(timeout=30)
@@ -266,15 +265,15 @@ def test_two_model_instances_run_two_batches_at_once(
 ) -> None:
     """VAE_MODEL_INSTANCES=2: a second batch starts while the first is still in the model."""
     both_inside = threading.Barrier(2, timeout=30)
-    real_run_batch = app.main.run_batch
+    real_execute = DynamicBatcher._execute
     threads_seen: list[int] = []
 
-    def meeting_run_batch(model: LoadedModel, key: Hashable, pixels: np.ndarray) -> BatchOutputs:
+    def meeting_execute(batcher: DynamicBatcher, job: Job, inputs: np.ndarray) -> Served:
         threads_seen.append(torch.get_num_threads())
         both_inside.wait()  # BrokenBarrierError (a 500) unless two batches are inside at once
-        return real_run_batch(model, key, pixels)
+        return real_execute(batcher, job, inputs)
 
-    monkeypatch.setattr(app.main, "run_batch", meeting_run_batch)
+    monkeypatch.setattr(DynamicBatcher, "_execute", meeting_execute)
     digit = png_of(stroke_digits(1, seed=5)[0])
     with TestClient(make_app(model_instances=2)) as client, ThreadPoolExecutor(2) as pool:
         # Different computations never share a batch, so these are two batches.
@@ -286,8 +285,8 @@ def test_two_model_instances_run_two_batches_at_once(
 
 
 def test_one_instance_gives_large_batches_every_intra_op_thread(client: TestClient) -> None:
-    model = client.app.state.services.model  # type: ignore[attr-defined]
-    assert model.cpu_threads == torch.get_num_threads()
+    engine = client.app.state.services.engine  # type: ignore[attr-defined]
+    assert engine.execution.large_batch_threads == torch.get_num_threads()
 
 
 def test_a_bad_request_does_not_affect_concurrent_good_ones(client: TestClient) -> None:

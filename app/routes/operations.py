@@ -24,8 +24,8 @@ async def readyz(request: Request) -> JSONResponse:
     if services is None or not getattr(request.app.state, "ready", False):
         body = ReadyResponse(status="not ready")
         return JSONResponse(body.model_dump(), status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
-    model = services.model
-    body = ReadyResponse(status="ready", model_id=model.model_id, device=str(model.device))
+    engine = services.engine
+    body = ReadyResponse(status="ready", model_id=engine.model_id, device=str(engine.device))
     return JSONResponse(body.model_dump())
 
 
@@ -38,4 +38,4 @@ async def metrics(metrics: MetricsDep) -> Response:
 @protected_router.get("/model")
 async def model_card(services: ServicesDep) -> ModelCard:
     """The model card: architecture, metrics, calibration, sha256, device."""
-    return services.model.card()
+    return services.engine.card()

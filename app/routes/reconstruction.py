@@ -2,13 +2,20 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import numpy as np
+import torch
 from fastapi import APIRouter, Depends, Request, Response
+from starlette.concurrency import run_in_threadpool
 
 from app.deps import ServicesDep
-from app.inference import read_upload, reconstruct_png
+from app.errors import MODEL_ROUTE_ERRORS
+from app.imaging import pixels_to_tensor
+from app.jobs import ReconstructJob
 from app.multipart import openapi_form
 from app.query import query_options, query_parameters
-from app.schemas import ErrorResponse, ReconstructOptions
+from app.schemas import ReconstructOptions
+from app.uploads import read_image
+from vae_common.grid import make_grid, png_bytes
 
 router = APIRouter(tags=["reconstruction"])
 
@@ -39,10 +46,7 @@ _REQUEST_BODY = {
             "description": "28x28 reconstruction (x scale), or input | reconstruction",
             "headers": {"X-Reconstruction-Loss": {"description": "-log p(x|z=mu) in nats"}},
         },
-        413: {"model": ErrorResponse},
-        415: {"model": ErrorResponse},
-        422: {"model": ErrorResponse},
-        503: {"model": ErrorResponse},
+        **MODEL_ROUTE_ERRORS,
     },
 )
 async def reconstruct(
@@ -51,12 +55,27 @@ async def reconstruct(
     services: ServicesDep,
 ) -> Response:
     """Encode an uploaded digit and decode it again."""
-    png, recon_loss = await reconstruct_png(await read_upload(request, "file"), options, services)
+    pixels = await read_image(request, "file", options.preprocess, services.settings)
+    served = await services.batcher.submit(ReconstructJob(), pixels)
+    services.metrics.images.labels("reconstruct").inc()
+    reconstruction, recon_loss = served.outputs
+    png = await run_in_threadpool(reconstruction_png, pixels, reconstruction, options)
     return Response(
         png,
         media_type="image/png",
         headers={
-            "X-Model-Id": services.model.model_id,
-            "X-Reconstruction-Loss": f"{recon_loss:.4f}",
+            "X-Model-Id": served.engine.model_id,
+            "X-Reconstruction-Loss": f"{float(recon_loss[0]):.4f}",
         },
     )
+
+
+def reconstruction_png(
+    pixels: np.ndarray, reconstruction: np.ndarray, options: ReconstructOptions
+) -> bytes:
+    """(1, 28, 28) input and (1, 1, 28, 28) reconstruction -> PNG, side by side for 'pair'."""
+    shown = [torch.from_numpy(reconstruction)]
+    if options.layout == "pair":
+        shown.insert(0, pixels_to_tensor(pixels))
+    grid = make_grid(torch.cat(shown), nrow=len(shown), padding=0)
+    return png_bytes(grid, scale=options.scale)

@@ -1,12 +1,17 @@
 from __future__ import annotations
 
+import math
 import secrets
 
+import numpy as np
+import torch
 from fastapi import APIRouter, Body, Response
+from starlette.concurrency import run_in_threadpool
 
 from app.deps import ServicesDep
-from app.inference import sample_png
+from app.jobs import SampleJob
 from app.schemas import ErrorResponse, SampleRequest
+from vae_common.grid import make_grid, png_bytes
 
 router = APIRouter(tags=["sampling"])
 
@@ -24,17 +29,26 @@ router = APIRouter(tags=["sampling"])
             },
         },
         422: {"model": ErrorResponse},
+        503: {"model": ErrorResponse},
     },
 )
-def sample(services: ServicesDep, body: SampleRequest | None = Body(None)) -> Response:
-    """Draw digits from the prior and return them as one PNG grid (plain `def`: runs in the
-    thread pool, off the event loop)."""
+async def sample(services: ServicesDep, body: SampleRequest | None = Body(None)) -> Response:
+    """Draw digits from the prior and return them as one PNG grid."""
     request = body or SampleRequest()
     seed = request.seed if request.seed is not None else secrets.randbits(63)
-    png = sample_png(services.model, request, seed)
+    job = SampleJob(request.n, request.temperature, seed)
+    served = await services.batcher.submit(job, job.inputs())
+    (digits,) = served.outputs
+    nrow = request.nrow or math.ceil(math.sqrt(request.n))
+    png = await run_in_threadpool(grid_png, digits, nrow)
     services.metrics.images.labels("sample").inc(request.n)
     return Response(
         png,
         media_type="image/png",
-        headers={"X-Model-Id": services.model.model_id, "X-Seed": str(seed)},
+        headers={"X-Model-Id": served.engine.model_id, "X-Seed": str(seed)},
     )
+
+
+def grid_png(digits: np.ndarray, nrow: int) -> bytes:
+    """(n, 1, 28, 28) in [0, 1] -> one PNG grid, `nrow` digits per row."""
+    return png_bytes(make_grid(torch.from_numpy(digits), nrow=nrow))

@@ -2,13 +2,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import numpy as np
 from fastapi import APIRouter, Depends, Request, Response
 
+from app.batching import Served
 from app.deps import ServicesDep
-from app.inference import read_anomaly_images, score_anomalies
+from app.errors import MODEL_ROUTE_ERRORS
+from app.jobs import ScoreJob
 from app.multipart import openapi_form
 from app.query import query_options, query_parameters
-from app.schemas import AnomalyJsonBody, AnomalyOptions, AnomalyResponse, ErrorResponse
+from app.schemas import AnomalyJsonBody, AnomalyOptions, AnomalyResponse, ImageScore, ScoreName
+from app.uploads import read_images
+from vae_common.scoring import SCORES
 
 router = APIRouter(tags=["scoring"])
 
@@ -26,12 +31,7 @@ _REQUEST_BODY: dict[str, Any] = {
     "/anomaly-score",
     response_model=AnomalyResponse,
     openapi_extra={"requestBody": _REQUEST_BODY, "parameters": query_parameters(AnomalyOptions)},
-    responses={
-        413: {"model": ErrorResponse},
-        415: {"model": ErrorResponse},
-        422: {"model": ErrorResponse},
-        503: {"model": ErrorResponse},
-    },
+    responses=MODEL_ROUTE_ERRORS,
 )
 async def anomaly_score(
     request: Request,
@@ -39,7 +39,39 @@ async def anomaly_score(
     services: ServicesDep,
 ) -> Response:
     """Score how unlike MNIST digits the images are; results keep the order of the inputs."""
-    images = await read_anomaly_images(request, options.preprocess, services.settings)
-    reply = await score_anomalies(images, options, services)
+    pixels = await read_images(request, options.preprocess, services.settings)
+    score = options.score.value if options.score else None
+    job = ScoreJob.for_request(score, options.k, services.engine, services.settings.max_iwae_k)
+    served = await services.batcher.submit(job, pixels)
+    services.metrics.images.labels("anomaly-score").inc(len(pixels))
     # Already validated on construction: serialise once, without FastAPI validating it again.
+    reply = anomaly_response(job, served, options)
     return Response(reply.model_dump_json(), media_type="application/json")
+
+
+def anomaly_response(job: ScoreJob, served: Served, options: AnomalyOptions) -> AnomalyResponse:
+    """ScoreJob's rows -> the reply, flagged at the threshold the request chose."""
+    scores, recon, kl, percentiles = served.outputs
+    engine = served.engine
+    threshold = engine.threshold(job.score, options.threshold, options.fpr)
+    score_values = scores.astype(np.float64)
+    results = [
+        ImageScore(
+            index=index,
+            score=float(score_values[index]),
+            reconstruction_loss=float(recon[index]),
+            kl=float(kl[index]),
+            percentile=round(float(percentiles[index]), 3),
+            is_anomaly=bool(score_values[index] > threshold.value),
+        )
+        for index in range(len(scores))
+    ]
+    return AnomalyResponse(
+        model_id=engine.model_id,
+        score=ScoreName(job.score),
+        score_definition=SCORES[job.score].definition,
+        k=job.k,
+        threshold=threshold.value,
+        threshold_source=threshold.source,
+        results=results,
+    )

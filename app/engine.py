@@ -1,0 +1,277 @@
+"""The loaded model: its calibrations, batch buckets and warm-up, and the primitives jobs
+compose (score, reconstruct, encode, decode, sample). Every forward pass runs at a
+bucketed batch size through the Execution chosen at start-up. No HTTP in here.
+
+Engine methods run on the inference threads and take and return CPU tensors.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from app.errors import InvalidInputError
+from app.execution import CpuExecution, Execution
+from vae_common.checkpoint import Checkpoint, load_checkpoint
+from vae_common.pixels import IMAGE_SIZE
+from vae_common.scoring import (
+    DEFAULT_SCORE,
+    DEFAULT_THRESHOLD_PERCENTILE,
+    SCORES,
+    Calibration,
+    ScoreBatch,
+    Scorer,
+)
+
+logger = logging.getLogger("app.engine")
+WARMUP_BATCH = 8
+# Forward passes run at a few fixed batch sizes, as TensorRT's optimisation profiles and
+# Triton's preferred batch sizes do: n images are padded with blank rows up to the next of
+# 1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, ... (four sizes per octave,
+# so at most a fifth of a pass is padding). oneDNN compiles ~11 kernels per input shape into
+# a bounded cache. With every size from 1 to 256 possible, that cache either thrashed or,
+# made large, kept growing resident memory. On a mix of batch sizes like that of one-image
+# traffic: 0.39 ms of CPU per image with a 128-entry cache, 0.27-0.31 with buckets, padding
+# included. The buckets make the set of shapes small and fixed; start-up compiles them all.
+SIZES_PER_OCTAVE = 4
+
+Forward = Callable[[torch.Tensor], tuple[torch.Tensor, ...]]
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """How the anomaly threshold of a reply was chosen."""
+
+    value: float
+    source: str  # "validation p99", "fpr=0.05" or "request"
+
+
+@dataclass
+class Engine:
+    checkpoint: Checkpoint
+    execution: Execution
+    scorer: Scorer
+    calibrations: dict[str, Calibration]  # the scores this checkpoint can serve
+    unavailable: dict[str, str]  # the scores it cannot, and why
+    default_score: str
+    load_seconds: float = 0.0
+    # Per score: the validation percentile named in the checkpoint (p99), as a score.
+    default_thresholds: dict[str, Thresholds] = field(init=False)
+
+    def __post_init__(self) -> None:
+        calibration = self.checkpoint.metadata.get("calibration", {})
+        percentile = calibration.get("default_threshold_percentile", DEFAULT_THRESHOLD_PERCENTILE)
+        self.default_thresholds = {
+            name: Thresholds(
+                calibration.threshold_for_fpr(1.0 - percentile / 100.0),
+                f"validation p{percentile:g}",
+            )
+            for name, calibration in self.calibrations.items()
+        }
+
+    @property
+    def model_id(self) -> str:
+        return self.checkpoint.model_id
+
+    @property
+    def latent_dim(self) -> int:
+        return self.checkpoint.latent_dim
+
+    @property
+    def device(self) -> torch.device:
+        return self.execution.device
+
+    # --- primitives: (B, ...) CPU tensors in, CPU tensors with B rows out ---------------
+
+    def score(self, x: torch.Tensor, score_name: str, k: int | None) -> ScoreBatch:
+        """(B, 1, 28, 28) -> per-image (B,) score, reconstruction loss and KL."""
+
+        def forward(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            result = self.scorer.score(x, score_name, k)
+            return result.score, result.reconstruction_loss, result.kl
+
+        return ScoreBatch(*self.run(x, forward))
+
+    def reconstruct(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 1, 28, 28) -> reconstructions (B, 1, 28, 28) and reconstruction loss (B,)."""
+
+        def forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            recon_loss, _ = self.checkpoint.module.score(x)
+            return self.checkpoint.module.reconstruct(x), recon_loss
+
+        reconstruction, recon_loss = self.run(x, forward)
+        return reconstruction, recon_loss
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 1, 28, 28) -> posterior mean and log-variance, each (B, latent_dim)."""
+        mu, logvar = self.run(x, lambda x: tuple(self.checkpoint.module.encode(x)))
+        return mu, logvar
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, latent_dim) latents -> (B, 1, 28, 28) pixel means in [0, 1]."""
+        (digits,) = self.run(z, lambda z: (self.checkpoint.module.decode(z),))
+        return digits
+
+    def sample(self, n: int, temperature: float, seed: int) -> torch.Tensor:
+        """n draws from N(0, temperature^2 I), decoded: (n, 1, 28, 28).
+
+        The latents come from a CPU generator so a seed means the same digits on any device.
+        """
+        generator = torch.Generator().manual_seed(seed)
+        return self.decode(torch.randn(n, self.latent_dim, generator=generator) * temperature)
+
+    def run(self, x: torch.Tensor, forward: Forward) -> tuple[torch.Tensor, ...]:
+        """forward(x) at x's bucketed batch size; each output cut back to len(x) rows, on
+        the CPU. Every computation is per row, so blank padding rows change no real row."""
+        rows = padded_batch_size(len(x))
+        execution = self.execution
+        with execution.running(rows), torch.inference_mode():
+            outputs = forward(execution.to_device(_pad_rows(x, rows)))
+        return tuple(execution.to_host(output[: len(x)]) for output in outputs)
+
+    # --- calibration: lookups, no model run -----------------------------------------------
+
+    def check_available(self, score_name: str) -> None:
+        why = self.unavailable.get(score_name)
+        if why is not None:
+            raise InvalidInputError(
+                f"score {score_name} is unavailable with model {self.model_id} ({why}); "
+                f"use one of {sorted(self.calibrations)}"
+            )
+
+    def threshold(self, score_name: str, threshold: float | None, fpr: float | None) -> Thresholds:
+        if threshold is not None:
+            return Thresholds(threshold, "request")
+        if fpr is not None:
+            return Thresholds(self.calibrations[score_name].threshold_for_fpr(fpr), f"fpr={fpr:g}")
+        return self.default_thresholds[score_name]
+
+    def percentiles(self, score_name: str, scores: np.ndarray) -> np.ndarray:
+        return self.calibrations[score_name].percentile(scores)
+
+    def card(self) -> dict[str, Any]:
+        metadata = self.checkpoint.metadata
+        card = {
+            "model_id": self.model_id,
+            "path": str(self.checkpoint.path),
+            "sha256": self.checkpoint.file_sha256,
+            "weights_sha256": metadata["weights_sha256"],
+            "device": str(self.device),
+            "architecture": metadata["architecture"],
+            "preprocessing": metadata["preprocessing"],
+            "metrics": metadata["metrics"],
+            "calibration": metadata.get("calibration", {}),
+            "default_score": self.default_score,
+            "scores": {
+                name: {"definition": SCORES[name].definition, "default_k": SCORES[name].default_k}
+                for name in self.calibrations
+            },
+            "training": metadata.get("training", {}),
+            "dataset": metadata.get("dataset", {}),
+            "environment": metadata.get("environment", {}),
+        }
+        if self.unavailable:
+            card["unavailable_scores"] = dict(self.unavailable)
+        return card
+
+
+class EngineHolder:
+    """The engine jobs run on, read once per batch: replacing `current` (a reload) takes
+    effect between batches, never inside one."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.current = engine
+
+
+def padded_batch_size(rows: int) -> int:
+    """The bucket a batch of `rows` images runs at (see SIZES_PER_OCTAVE): rows itself up to
+    4, then the next multiple of an eighth of the power of two at or above rows."""
+    if rows <= SIZES_PER_OCTAVE:
+        return rows
+    octave_top = 1 << (rows - 1).bit_length()
+    step = octave_top // (2 * SIZES_PER_OCTAVE)
+    return -(-rows // step) * step
+
+
+def batch_buckets(max_rows: int) -> list[int]:
+    """Every bucket a batch of 1 to max_rows images can land in, ascending."""
+    return sorted({padded_batch_size(rows) for rows in range(1, max_rows + 1)})
+
+
+def _pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
+    """(n, ...) -> (rows, ...): x followed by zero rows."""
+    if len(x) == rows:
+        return x
+    return torch.cat([x, x.new_zeros((rows - len(x), *x.shape[1:]))])
+
+
+def load_engine(
+    model_path: Path, execution: Execution | None = None, warm_up_rows: int = WARMUP_BATCH
+) -> Engine:
+    """Load, verify and warm up the checkpoint; raises CheckpointError.
+
+    Warm-up runs every batch bucket up to `warm_up_rows` images, so that serving never
+    compiles a kernel (the service passes VAE_BATCH_MAX_SIZE). A score the checkpoint has
+    no calibration for is left out and reported, not fatal."""
+    started = time.perf_counter()
+    execution = execution or CpuExecution()
+    checkpoint = load_checkpoint(model_path, execution.device)
+    calibration = checkpoint.metadata.get("calibration", {})
+    tables = calibration.get("scores", {})
+    components = calibration.get("components")
+    unavailable = {name: "no calibration table in the checkpoint" for name in SCORES}
+    for name in tables.keys() & SCORES.keys():
+        del unavailable[name]
+    if components is None and DEFAULT_SCORE not in unavailable:
+        unavailable[DEFAULT_SCORE] = "no fitted score components in the checkpoint"
+    if unavailable:
+        logger.warning(
+            "%s: scores unavailable: %s; export it with this version of vae-train",
+            model_path,
+            "; ".join(f"{name} ({why})" for name, why in unavailable.items()),
+        )
+    calibrations = {
+        name: Calibration.from_table(tables[name]) for name in SCORES if name not in unavailable
+    }
+    default_score = str(calibration.get("default_score", DEFAULT_SCORE))
+    engine = Engine(
+        checkpoint,
+        execution,
+        Scorer(checkpoint.module, components),
+        calibrations,
+        unavailable,
+        default_score,
+    )
+    _warm_up(engine, warm_up_rows)
+    engine.load_seconds = time.perf_counter() - started
+    return engine
+
+
+def _warm_up(engine: Engine, max_rows: int) -> None:
+    """Run every code path once, and one forward pass at every batch bucket up to
+    max_rows, so that no request pays for lazy initialisation or kernel compilation.
+
+    The default score runs the encoder and the decoder at the bucket's size: reconstruction
+    and sampling then find all their kernels compiled (checked with ONEDNN_VERBOSE: no
+    cache miss after this)."""
+    x = torch.rand(WARMUP_BATCH, 1, IMAGE_SIZE, IMAGE_SIZE)
+    engine.sample(WARMUP_BATCH, 1.0, seed=0)
+    engine.reconstruct(x)
+    engine.encode(x)
+    for name in engine.calibrations:
+        engine.score(x, name, None)
+    # Without the default score's calibration, the reconstruction score makes the same
+    # encoder and decoder passes.
+    bucket_score = (
+        engine.default_score if engine.default_score in engine.calibrations else "reconstruction"
+    )
+    for rows in batch_buckets(max_rows):
+        engine.score(torch.rand(rows, 1, IMAGE_SIZE, IMAGE_SIZE), bucket_score, None)
+    engine.execution.after_warm_up()
