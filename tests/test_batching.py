@@ -1,0 +1,259 @@
+"""DynamicBatcher on its own: fake jobs on a fake engine, no model and no HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from app.batching import DynamicBatcher, QueueFullError, Served
+
+
+@dataclass
+class FakeEngine:
+    """Stands in for app.engine.Engine: records every batch a job ran on it."""
+
+    name: str
+    batches: list[tuple[Any, list[float]]]
+    gate: threading.Event | None = None  # when given, batches wait until it is set
+    started: int = 0  # batches that have entered run()
+
+
+@dataclass
+class FakeHolder:
+    current: FakeEngine
+
+
+@dataclass(frozen=True)
+class Tag:
+    """A job that returns its input rows times ten, and the engine's name per row."""
+
+    label: str
+    shares_batches: ClassVar[bool] = True
+
+    def run(self, engine: FakeEngine, inputs: np.ndarray) -> tuple[np.ndarray, ...]:
+        engine.started += 1
+        if engine.gate is not None:
+            assert engine.gate.wait(timeout=30)
+        engine.batches.append((self, inputs[:, 0].tolist()))
+        if self.label == "broken":
+            raise RuntimeError("the model fell over")
+        return inputs * 10, np.array([engine.name] * len(inputs))
+
+
+@dataclass(frozen=True)
+class Solo(Tag):
+    shares_batches: ClassVar[bool] = False
+
+
+def rows(*values: float) -> np.ndarray:
+    """(n, 1) float32 input rows."""
+    return np.array(values, dtype=np.float32).reshape(-1, 1)
+
+
+def run_batcher(
+    scenario: Callable[[DynamicBatcher, FakeHolder], Coroutine[Any, Any, None]],
+    engine: FakeEngine,
+    **limits: Any,
+) -> None:
+    """Start a batcher on one inference thread, run `scenario`, stop it."""
+    settings = {"max_size": 64, "max_delay_s": 0.0, "max_queued_images": 100, **limits}
+
+    async def main() -> None:
+        holder = FakeHolder(engine)
+        with ThreadPoolExecutor(max_workers=1) as executor:
+            batcher = DynamicBatcher(holder, executor, **settings)
+            batcher.start()
+            try:
+                await scenario(batcher, holder)
+            finally:
+                if engine.gate is not None:
+                    engine.gate.set()
+                await batcher.stop()
+
+    asyncio.run(main())
+
+
+def submitted(batcher: DynamicBatcher, job: Any, inputs: np.ndarray) -> asyncio.Task[Served]:
+    return asyncio.ensure_future(batcher.submit(job, inputs))
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Let the event loop run until `condition` holds (the batcher works in the background)."""
+    for _ in range(10_000):
+        if condition():
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError("condition never held")
+
+
+def test_equal_jobs_share_a_batch_and_each_caller_gets_its_own_rows() -> None:
+    engine = FakeEngine("e1", [])
+
+    async def scenario(batcher: DynamicBatcher, _: FakeHolder) -> None:
+        a1 = submitted(batcher, Tag("a"), rows(1, 2))
+        b1 = submitted(batcher, Tag("b"), rows(3))
+        a2 = submitted(batcher, Tag("a"), rows(4))
+        (a1_rows, _), (b1_rows, _), (a2_rows, _) = [(await task).outputs for task in (a1, b1, a2)]
+        np.testing.assert_array_equal(a1_rows, rows(10, 20))
+        np.testing.assert_array_equal(b1_rows, rows(30))
+        np.testing.assert_array_equal(a2_rows, rows(40))
+
+    run_batcher(scenario, engine)
+    assert engine.batches == [(Tag("a"), [1.0, 2.0, 4.0]), (Tag("b"), [3.0])]
+
+
+def test_a_batch_stops_at_max_size() -> None:
+    engine = FakeEngine("e1", [])
+
+    async def scenario(batcher: DynamicBatcher, _: FakeHolder) -> None:
+        tasks = [submitted(batcher, Tag("a"), rows(i, i)) for i in range(3)]
+        await asyncio.gather(*tasks)
+
+    run_batcher(scenario, engine, max_size=4)
+    assert [values for _, values in engine.batches] == [[0.0, 0.0, 1.0, 1.0], [2.0, 2.0]]
+
+
+def test_the_batcher_waits_up_to_the_delay_for_more_requests() -> None:
+    engine = FakeEngine("e1", [])
+
+    async def scenario(batcher: DynamicBatcher, _: FakeHolder) -> None:
+        first = submitted(batcher, Tag("a"), rows(1))
+        await asyncio.sleep(0.05)  # well inside the delay; the batch fills up with the next
+        second = submitted(batcher, Tag("a"), rows(2))
+        await asyncio.gather(first, second)
+
+    run_batcher(scenario, engine, max_size=2, max_delay_s=60.0)
+    assert engine.batches == [(Tag("a"), [1.0, 2.0])]
+
+
+def test_without_a_delay_a_later_request_gets_a_batch_of_its_own() -> None:
+    engine = FakeEngine("e1", [])
+
+    async def scenario(batcher: DynamicBatcher, _: FakeHolder) -> None:
+        await submitted(batcher, Tag("a"), rows(1))
+        await submitted(batcher, Tag("a"), rows(2))
+
+    run_batcher(scenario, engine, max_size=2, max_delay_s=0.0)
+    assert engine.batches == [(Tag("a"), [1.0]), (Tag("a"), [2.0])]
+
+
+def test_a_full_queue_refuses_more_rows_until_it_drains() -> None:
+    gate = threading.Event()
+    engine = FakeEngine("e1", [], gate=gate)
+
+    async def scenario(batcher: DynamicBatcher, _: FakeHolder) -> None:
+        running = submitted(batcher, Tag("a"), rows(1))  # taken into the model, which waits
+        await until(lambda: engine.started == 1)
+        waiting = submitted(batcher, Tag("b"), rows(2, 3, 4))
+        await until(lambda: batcher.queued_images == 3)
+        with pytest.raises(QueueFullError, match="3 images are already waiting"):
+            await batcher.submit(Tag("b"), rows(5))
+        gate.set()
+        await asyncio.gather(running, waiting)
+        assert batcher.queued_images == 0
+        await batcher.submit(Tag("b"), rows(5))
+
+    run_batcher(scenario, engine, max_queued_images=3)
+    assert [values for _, values in engine.batches] == [[1.0], [2.0, 3.0, 4.0], [5.0]]
+
+
+def test_a_caller_that_went_away_is_not_computed() -> None:
+    gate = threading.Event()
+    engine = FakeEngine("e1", [], gate=gate)
+
+    async def scenario(batcher: DynamicBatcher, _: FakeHolder) -> None:
+        running = submitted(batcher, Tag("a"), rows(1))
+        await until(lambda: engine.started == 1)
+        gone = submitted(batcher, Tag("b"), rows(2))
+        stays = submitted(batcher, Tag("c"), rows(3))
+        await until(lambda: batcher.queued_images == 2)
+        gone.cancel()  # e.g. the client disconnected
+        gate.set()
+        await asyncio.gather(running, stays)
+        assert gone.cancelled()
+        await until(lambda: batcher.queued_images == 0)
+
+    run_batcher(scenario, engine)
+    assert [job.label for job, _ in engine.batches] == ["a", "c"]
+
+
+def test_a_failing_batch_fails_its_callers_and_the_batcher_keeps_serving() -> None:
+    engine = FakeEngine("e1", [])
+
+    async def scenario(batcher: DynamicBatcher, _: FakeHolder) -> None:
+        broken = [submitted(batcher, Tag("broken"), rows(i)) for i in range(2)]
+        for task in broken:
+            with pytest.raises(RuntimeError, match="the model fell over"):
+                await task
+        served = await batcher.submit(Tag("a"), rows(7))
+        np.testing.assert_array_equal(served.outputs[0], rows(70))
+
+    run_batcher(scenario, engine)
+    *failed, last = [job.label for job, _ in engine.batches]
+    assert set(failed) == {"broken"} and last == "a"
+
+
+def test_solo_jobs_never_share_a_batch_even_when_equal() -> None:
+    engine = FakeEngine("e1", [])
+
+    async def scenario(batcher: DynamicBatcher, _: FakeHolder) -> None:
+        first, second = (submitted(batcher, Solo("s"), rows(1, 2)) for _ in range(2))
+        await asyncio.gather(first, second)
+
+    run_batcher(scenario, engine, max_delay_s=5.0)
+    assert engine.batches == [(Solo("s"), [1.0, 2.0]), (Solo("s"), [1.0, 2.0])]
+
+
+def test_each_batch_reads_the_engine_once_and_reports_which_it_used() -> None:
+    old, new = FakeEngine("old", []), FakeEngine("new", [])
+
+    async def scenario(batcher: DynamicBatcher, holder: FakeHolder) -> None:
+        before = await batcher.submit(Tag("a"), rows(1, 2))
+        holder.current = new  # a reload, between batches
+        after = await batcher.submit(Tag("a"), rows(3))
+        assert before.engine is old and before.outputs[1].tolist() == ["old", "old"]
+        assert after.engine is new and after.outputs[1].tolist() == ["new"]
+
+    run_batcher(scenario, old)
+    assert len(old.batches) == len(new.batches) == 1
+
+
+# --- /sample goes through the batcher ---------------------------------------------------
+
+
+def test_sample_counts_against_the_queue_limit(make_app: Callable[..., FastAPI]) -> None:
+    with TestClient(make_app(batch_queue_images=4)) as client:
+        refused = client.post("/sample", json={"n": 5, "seed": 1})
+        drawn = client.post("/sample", json={"n": 4, "seed": 1})
+        metrics = client.get("/metrics").text
+    assert refused.status_code == 503
+    assert refused.headers["retry-after"] == "1"
+    assert "capacity" in refused.json()["detail"]
+    assert drawn.status_code == 200
+    assert "vae_batch_images_count 1.0" in metrics  # the four digits were one batch
+
+
+def test_sample_runs_on_an_inference_thread(
+    make_app: Callable[..., FastAPI], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads: list[str] = []
+    real_execute = DynamicBatcher._execute
+
+    def recording_execute(batcher: DynamicBatcher, job: Any, inputs: np.ndarray) -> Any:
+        threads.append(threading.current_thread().name)
+        return real_execute(batcher, job, inputs)
+
+    monkeypatch.setattr(DynamicBatcher, "_execute", recording_execute)
+    with TestClient(make_app()) as client:
+        response = client.post("/sample", json={"n": 3, "seed": 2})
+    assert response.status_code == 200
+    assert len(threads) == 1 and threads[0].startswith("inference")
