@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from app.config import DEFAULT_MODEL_PATH
-from app.imaging import pixels_to_array, pixels_to_tensor
 from app.engine import Engine, load_engine
+from app.imaging import pixels_to_array, pixels_to_tensor
 from vae_common.scoring import DEFAULT_SCORE, SCORE_DEFINITIONS
 
 README = Path(__file__).resolve().parent.parent / "README.md"
