@@ -189,6 +189,10 @@ class DynamicBatcher:
             return
         if self._stats.on_batch is not None:
             self._stats.on_batch(len(batch), len(inputs), time.perf_counter() - started)
+        if len(batch) == 1:  # all rows are its own; a solo job's may be any number of rows
+            if not batch[0].future.done():
+                batch[0].future.set_result(served)
+            return
         offset = 0
         for request in batch:
             rows = slice(offset, offset + len(request.inputs))

@@ -27,7 +27,9 @@ Outputs = tuple[np.ndarray, ...]
 
 @dataclass(frozen=True, slots=True)
 class Job(ABC):
-    # False: each request runs as a batch of its own (its rows are not independent).
+    # False: each request runs as a batch of its own, for jobs whose rows are not
+    # independent (a seeded draw, an interpolation); their outputs may then have any
+    # number of rows, and the request gets them whole.
     shares_batches: ClassVar[bool] = True
 
     @abstractmethod

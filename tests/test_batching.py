@@ -213,6 +213,28 @@ def test_solo_jobs_never_share_a_batch_even_when_equal() -> None:
     assert engine.batches == [(Solo("s"), [1.0, 2.0]), (Solo("s"), [1.0, 2.0])]
 
 
+@dataclass(frozen=True)
+class Between:
+    """A solo job whose outputs are not row for row: `steps` values from its two inputs."""
+
+    steps: int
+    shares_batches: ClassVar[bool] = False
+
+    def run(self, engine: FakeEngine, inputs: np.ndarray) -> tuple[np.ndarray, ...]:
+        start, end = inputs[:, 0]
+        return (np.linspace(start, end, self.steps),)
+
+
+def test_a_solo_job_gets_all_its_outputs_whatever_their_row_count() -> None:
+    engine = FakeEngine("e1", [])
+
+    async def scenario(batcher: DynamicBatcher, _: FakeHolder) -> None:
+        served = await batcher.submit(Between(5), rows(0, 1))
+        np.testing.assert_allclose(served.outputs[0], [0.0, 0.25, 0.5, 0.75, 1.0])
+
+    run_batcher(scenario, engine)
+
+
 def test_each_batch_reads_the_engine_once_and_reports_which_it_used() -> None:
     old, new = FakeEngine("old", []), FakeEngine("new", [])
 
