@@ -139,8 +139,8 @@ class Engine:
     # --- calibration: lookups, no model run -----------------------------------------------
 
     def check_available(self, score_name: str) -> None:
-        why = self.unavailable.get(score_name)
-        if why is not None:
+        if score_name not in self.calibrations:
+            why = self.unavailable.get(score_name, "not a score this service computes")
             raise InvalidInputError(
                 f"score {score_name} is unavailable with model {self.model_id} ({why}); "
                 f"use one of {sorted(self.calibrations)}"
