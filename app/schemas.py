@@ -36,7 +36,7 @@ class SampleRequest(BaseModel):
 
 
 class ScoreName(StrEnum):
-    """Mirrors vae_common.scoring.SCORE_DEFINITIONS (a test keeps the two in step)."""
+    """Mirrors vae_common.scoring.SCORES (a test keeps the two in step)."""
 
     typical_upright = "typical_upright"
     reconstruction = "reconstruction"
