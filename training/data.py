@@ -37,10 +37,8 @@ def read_mnist_images(root: Path, train: bool, download: bool = True) -> torch.T
 
     # torchvision prints its download attempts; keep them for the error message instead.
     chatter = io.StringIO()
-    if (
-        download
-        and not (root / "MNIST" / "raw" / f"{_IDX_PREFIX[train]}-images-idx3-ubyte").exists()
-    ):
+    raw_images = root / "MNIST" / "raw" / f"{_IDX_PREFIX[train]}-images-idx3-ubyte"
+    if download and not raw_images.exists():
         logger.info("MNIST is not under %s; downloading it there (about 12 MB)", root.resolve())
     try:
         with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):

@@ -156,7 +156,7 @@ def _finish(
         "best_val_neg_elbo": round(progress.best.val_loss, 3),
         "epochs_trained": len(progress.history),
     }
-    with heartbeat("fitting the orientation head on the frozen encoder"):
+    with heartbeat("fitting the orientation head on the frozen encoder", every_s=None):
         metrics.update(
             fit_orientation_head(
                 model, splits.train.to(device), splits.val.to(device), device, config.seed

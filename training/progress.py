@@ -38,22 +38,26 @@ def track(items: Iterable[Item], total: int, desc: str) -> Iterator[Item]:
 
 
 @contextmanager
-def heartbeat(desc: str, every_s: float = LOG_EVERY_S) -> Iterator[None]:
-    """For a step with no loop of ours to count (e.g. calibration inside vae_common): say that
-    it started, that it is still running every `every_s` seconds, and how long it took."""
+def heartbeat(desc: str, every_s: float | None = LOG_EVERY_S) -> Iterator[None]:
+    """Say that a step started and how long it took; for a step with no loop of ours to count
+    (calibration runs inside vae_common), also that it is still running every `every_s` s.
+    `every_s=None` for steps whose loops report through `track`."""
     logger.info("%s ...", desc)
     start = time.perf_counter()
     finished = threading.Event()
 
-    def beat() -> None:
-        while not finished.wait(every_s):
+    def beat(interval: float) -> None:
+        while not finished.wait(interval):
             logger.info("%s: still running, %.0f s so far", desc, time.perf_counter() - start)
 
-    beater = threading.Thread(target=beat, name="vae-train-heartbeat", daemon=True)
-    beater.start()
+    beater = None
+    if every_s is not None:
+        beater = threading.Thread(target=beat, args=(every_s,), name="heartbeat", daemon=True)
+        beater.start()
     try:
         yield
     finally:
         finished.set()
-        beater.join()
+        if beater is not None:
+            beater.join()
     logger.info("%s: done in %.1f s", desc, time.perf_counter() - start)
