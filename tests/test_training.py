@@ -212,7 +212,7 @@ def test_last_lines_name_the_run_folder_and_explain_a_short_run(
     for name in RUN_FILES:
         assert name in last[0]
     assert f"VAE_MODEL_PATH={tmp_path.resolve() / 'model.pt'}" in last[1]
-    assert "grey blobs because the model is barely trained" in last[2]
+    assert "grey squares because the model is barely trained" in last[2]
 
 
 def test_export_does_not_warn_about_the_deliberate_torchscript_format(

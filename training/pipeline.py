@@ -45,7 +45,7 @@ TEST_METRICS_FILE = "test_metrics.json"
 # k=64 among them) on each image, and would otherwise be most of a smoke run's time.
 LIMITED_CALIBRATION_IMAGES = 500
 # Below this many optimiser steps (under one epoch of full MNIST at batch 128) the decoder has
-# not learnt strokes yet, and its samples are blurred grey blobs.
+# not learnt strokes yet, and its samples are plain grey squares.
 BARELY_TRAINED_STEPS = 300
 
 
@@ -278,7 +278,7 @@ def _log_summary(config: TrainConfig, sidecar: dict[str, Any], progress: RunProg
     if config.limit is not None or progress.step < BARELY_TRAINED_STEPS:
         logger.info(
             "short run (%d epoch(s) on %d images, %d optimiser steps): samples.png and "
-            "reconstructions.png look like grey blobs because the model is barely trained; "
+            "reconstructions.png look like grey squares because the model is barely trained; "
             "that is expected. A full run (vae-train without --limit, 30 epochs) draws digits",
             len(progress.history),
             sidecar["dataset"]["train_images"],
