@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.synthetic import paper_photo
+from scripts.paper_photos import paper_photo
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 

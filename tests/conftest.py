@@ -17,7 +17,8 @@ from PIL import Image
 from app.config import Settings
 from app.main import create_app
 from tests.synthetic import stroke_digits, write_idx_mnist
-from training.cli import TrainConfig, run
+from training.config import TrainConfig
+from training.pipeline import run
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_MODEL = PROJECT_ROOT / "models" / "model.pt"

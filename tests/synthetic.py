@@ -41,28 +41,3 @@ def write_idx_mnist(root: Path, train_count: int, test_count: int, seed: int = 0
         label_header = struct.pack(">II", IDX_LABELS_MAGIC, count)
         (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(label_header + labels.tobytes())
     return root
-
-
-def paper_photo(digit: str, size: int = 300, seed: int = 0) -> Image.Image:
-    """A dark pen digit ('0' or '7') on slightly uneven white paper, like a phone photo."""
-    rng = np.random.default_rng(seed)
-    gradient = np.linspace(225, 245, size, dtype=np.float32)[None, :]  # uneven lighting
-    paper = gradient + rng.normal(0.0, 4.0, size=(size, size)).astype(np.float32)
-    image = Image.fromarray(np.clip(paper, 0, 255).astype(np.uint8))
-    pen = ImageDraw.Draw(image)
-    s = size / 300
-    width = max(1, int(16 * s))
-    if digit == "7":
-        pen.line([(95 * s, 75 * s), (205 * s, 70 * s), (135 * s, 235 * s)], fill=35, width=width)
-    elif digit == "0":
-        # A slanted oval, drawn on its own layer and rotated, as handwritten zeros lean.
-        oval = Image.new("L", (size, size), 0)
-        ImageDraw.Draw(oval).ellipse(
-            [88 * s, 62 * s, 212 * s, 238 * s], outline=255, width=int(22 * s)
-        )
-        ink = np.asarray(oval.rotate(-18, resample=Image.Resampling.BILINEAR), np.float32) / 255
-        pixels = np.asarray(image, np.float32) * (1 - ink) + 35 * ink
-        image = Image.fromarray(pixels.astype(np.uint8))
-    else:
-        raise ValueError(f"no drawing for digit {digit!r}")
-    return image.filter(ImageFilter.GaussianBlur(1.2 * s))

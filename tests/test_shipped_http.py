@@ -16,8 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
+from scripts.paper_photos import paper_photo
 from tests.conftest import PROJECT_ROOT, SHIPPED_MODEL, encode
-from tests.synthetic import paper_photo
 from vae_common.checkpoint import load_checkpoint
 from vae_common.pixels import to_unit_interval
 

@@ -1,17 +1,29 @@
 from __future__ import annotations
 
+import io
 import json
+import logging
 import math
 import socket
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 
 from tests.conftest import tiny_config
-from training.cli import main, run
+from training import progress
+from training.cli import main, parse_args
+from training.config import (
+    FULL_IWAE_K,
+    MIN_LIMITED_IWAE_K,
+    TrainingSetupError,
+)
 from training.data import iterate_batches, load_mnist
+from training.export import export_checkpoint
 from training.model import ModelConfig, bernoulli_nll, build_model, gaussian_kl
+from training.pipeline import run
+from training.state import STATE_FILE
 from training.train import kl_weight
 from vae_common.checkpoint import load_checkpoint, weights_sha256
 
@@ -119,6 +131,100 @@ def test_resume_continues_to_the_same_weights(fake_mnist_root: Path, tmp_path: P
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
 
 
+def test_resume_state_loads_with_weights_only(tiny_run: Path) -> None:
+    # Resuming must never unpickle arbitrary objects: the state is tensors and plain values.
+    state = torch.load(tiny_run / STATE_FILE, map_location="cpu", weights_only=True)
+    assert {"model", "optimizer", "scheduler", "rng", "history", "best_state"} <= set(state)
+    assert [row["epoch"] for row in state["history"]] == [1, 2]
+    assert isinstance(state["step"], int) and state["step"] > 0
+
+
+def test_resume_refuses_a_state_holding_python_objects(
+    fake_mnist_root: Path, tmp_path: Path
+) -> None:
+    # What an older vae-train could write: a pickled class instance among plain values.
+    torch.save(
+        {"history": [ModelConfig(arch="mlp", latent_dim=4)], "step": 4}, tmp_path / STATE_FILE
+    )
+    with pytest.raises(TrainingSetupError, match=r"cannot resume from .*without --resume"):
+        run(tiny_config(fake_mnist_root, tmp_path, epochs=2, iwae_k=2, resume=True))
+
+
+def test_resume_without_a_saved_state_exits_2_naming_the_file(
+    fake_mnist_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    argv = ["--data-root", str(fake_mnist_root), "--out", str(tmp_path), "--resume"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--arch", "mlp", "--val-size", "64"])
+    assert exit_info.value.code == 2
+    errors = [record.getMessage() for record in caplog.records if record.levelname == "ERROR"]
+    assert errors == [f"--resume given but {tmp_path / STATE_FILE} does not exist; drop --resume"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--epochs", "0"], "argument --epochs: must be >= 1, got 0"),
+        (["--epochs", "two"], "argument --epochs: expected an integer >= 1, got 'two'"),
+        (["--lr", "-0.1"], "argument --lr: must be > 0, got -0.1"),
+        (["--limit", "0"], "argument --limit: must be >= 1, got 0"),
+        (["--iwae-k", "0"], "argument --iwae-k: must be >= 1, got 0"),
+        (["--beta", "-1"], "argument --beta: must be >= 0, got -1"),
+        (["--arch", "resnet"], "argument --arch: invalid choice: 'resnet'"),
+    ],
+)
+def test_bad_flag_exits_2_with_one_line_naming_flag_and_value(
+    flags: list[str], named: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(flags)
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"vae-train: error: {named}")
+
+
+def test_help_shows_every_default(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for shown in ("(default: 30)", "(default: 128)", "(default: conv)", "default: 1000"):
+        assert shown in text
+
+
+def test_iwae_k_scales_down_under_limit_unless_given() -> None:
+    assert parse_args([]).iwae_k == FULL_IWAE_K
+    assert parse_args(["--limit", "2000"]).iwae_k == 33  # 1000 * 2000 / 60000
+    assert parse_args(["--limit", "30"]).iwae_k == MIN_LIMITED_IWAE_K
+    assert parse_args(["--limit", "100000"]).iwae_k == FULL_IWAE_K
+    assert parse_args(["--limit", "2000", "--iwae-k", "1000"]).iwae_k == 1000
+    assert parse_args(["--iwae-k", "7"]).iwae_k == 7
+
+
+def test_last_lines_name_the_run_folder_and_explain_a_short_run(
+    fake_mnist_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="vae-train")
+    run(tiny_config(fake_mnist_root, tmp_path, epochs=1, iwae_k=2))
+    last = [record.getMessage() for record in caplog.records][-3:]
+    assert last[0].startswith(f"run folder {tmp_path.resolve()}: ")
+    for name in RUN_FILES:
+        assert name in last[0]
+    assert f"VAE_MODEL_PATH={tmp_path.resolve() / 'model.pt'}" in last[1]
+    assert "grey squares because the model is barely trained" in last[2]
+
+
+def test_export_does_not_warn_about_the_deliberate_torchscript_format(
+    tiny_model_path: Path, tmp_path: Path
+) -> None:
+    checkpoint = load_checkpoint(tiny_model_path, torch.device("cpu"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        export_checkpoint(checkpoint.module, dict(checkpoint.metadata), tmp_path / "model.pt")
+    assert [str(warning.message) for warning in caught] == []
+
+
 def test_missing_data_offline_exits_nonzero_with_one_clear_message(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -164,5 +270,28 @@ def test_cuda_without_a_gpu_stops_training_with_a_clear_message(
     fake_mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(SystemExit, match="--device=cuda but no CUDA GPU"):
+    with pytest.raises(TrainingSetupError, match="--device=cuda but no CUDA GPU"):
         run(tiny_config(fake_mnist_root, tmp_path, device="cuda"))
+
+
+def test_progress_logs_counts_and_time_left_when_stderr_is_not_a_terminal(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="vae-train")
+    monkeypatch.setattr(progress.sys, "stderr", io.StringIO())  # a log file, not a tty
+    monkeypatch.setattr(progress, "LOG_EVERY_S", 0.0)
+    assert list(progress.track(iter("abcd"), 4, "demo")) == ["a", "b", "c", "d"]
+    lines = [record.getMessage() for record in caplog.records]
+    assert [line.split(",")[0] for line in lines] == ["demo: 1/4", "demo: 2/4", "demo: 3/4"]
+    assert all(line.endswith(" s left") for line in lines)
+
+
+def test_heartbeat_says_when_a_step_starts_and_how_long_it_took(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="vae-train")
+    with progress.heartbeat("calibrating"):
+        pass
+    lines = [record.getMessage() for record in caplog.records]
+    assert lines[0] == "calibrating ..."
+    assert lines[-1].startswith("calibrating: done in ")

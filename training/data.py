@@ -5,13 +5,18 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from training.config import TrainingSetupError
 from vae_common.pixels import to_unit_interval
+
+logger = logging.getLogger("vae-train")
+_IDX_PREFIX = {True: "train", False: "t10k"}
 
 
 class DatasetUnavailableError(RuntimeError):
@@ -32,6 +37,9 @@ def read_mnist_images(root: Path, train: bool, download: bool = True) -> torch.T
 
     # torchvision prints its download attempts; keep them for the error message instead.
     chatter = io.StringIO()
+    raw_images = root / "MNIST" / "raw" / f"{_IDX_PREFIX[train]}-images-idx3-ubyte"
+    if download and not raw_images.exists():
+        logger.info("MNIST is not under %s; downloading it there (about 12 MB)", root.resolve())
     try:
         with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
             dataset = MNIST(root=str(root), train=train, download=download)
@@ -52,7 +60,10 @@ def load_mnist(root: Path, val_size: int, limit: int | None = None) -> MnistSpli
     full_train = read_mnist_images(root, train=True)
     test = read_mnist_images(root, train=False)
     if not 0 <= val_size < len(full_train):
-        raise ValueError(f"--val-size must be in [0, {len(full_train)}), got {val_size}")
+        raise TrainingSetupError(
+            f"--val-size must be between 0 and {len(full_train) - 1} (this MNIST has "
+            f"{len(full_train)} training images), got {val_size}"
+        )
     digest = hashlib.sha256(full_train.numpy().tobytes())
     digest.update(test.numpy().tobytes())
     train, val = full_train[: len(full_train) - val_size], full_train[len(full_train) - val_size :]

@@ -47,9 +47,13 @@ def export_checkpoint(
         "weights_sha256": weights_hash,
     }
     buffer = io.BytesIO()
-    torch.jit.save(
-        scripted, buffer, _extra_files={METADATA_NAME: json.dumps(embedded, sort_keys=True)}
-    )
+    with warnings.catch_warnings():
+        # As in script_model: TorchScript is the checkpoint format by design, so the upstream
+        # deprecation notice would only alarm whoever runs vae-train.
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.save.* is deprecated")
+        torch.jit.save(
+            scripted, buffer, _extra_files={METADATA_NAME: json.dumps(embedded, sort_keys=True)}
+        )
     data = buffer.getvalue()
     model_path.parent.mkdir(parents=True, exist_ok=True)
     model_path.write_bytes(data)

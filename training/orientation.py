@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from training.data import iterate_batches
+from training.data import batch_count, iterate_batches
 from training.model import ORIENTATIONS, VAE, dihedral
+from training.progress import track
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,8 @@ def dihedral_features(model: VAE, images: Tensor, device: torch.device) -> tuple
     """uint8 (N, 28, 28) -> encoder features (8N, H) of every orientation and labels (8N,)."""
     model.eval()
     features, labels = [], []
-    for x in iterate_batches(images, 1024, device):
+    batches = iterate_batches(images, 1024, device)
+    for x in track(batches, batch_count(images, 1024), "orientation head: encoding"):
         for index in range(ORIENTATIONS):
             features.append(model.encoder.hidden(dihedral(x, index)))
             labels.append(torch.full((len(x),), index, dtype=torch.long, device=device))
@@ -49,7 +51,7 @@ def fit_orientation_head(
     head = model.orientation
     head.train()
     optimizer = torch.optim.Adam(head.parameters(), lr=config.lr)
-    for _ in range(config.epochs):
+    for _ in track(range(config.epochs), config.epochs, "orientation head: fitting"):
         order = torch.randperm(len(features), generator=generator).to(device)
         for start in range(0, len(order), config.batch_size):
             rows = order[start : start + config.batch_size]

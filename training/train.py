@@ -13,8 +13,9 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
-from training.data import iterate_batches
+from training.data import batch_count, iterate_batches
 from training.model import VAE, bernoulli_nll, gaussian_kl
+from training.progress import track
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +97,8 @@ def iwae_nll(
     model.eval()
     images_per_chunk = max(1, 8192 // k)
     total = 0.0
-    for x in iterate_batches(images, images_per_chunk, device):
+    chunks = iterate_batches(images, images_per_chunk, device)
+    for x in track(chunks, batch_count(images, images_per_chunk), f"test IWAE NLL, k={k}"):
         eps = torch.randn(k, model.latent_dim, generator=generator).to(device)  # (k, D)
         _, log_weights, _ = model.importance_terms(x, eps)  # (B, k)
         log_mean_weight = torch.logsumexp(log_weights, dim=1) - math.log(k)

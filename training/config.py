@@ -1,0 +1,54 @@
+"""What a training run is told to do: one frozen config, built by `vae-train`'s flags
+(training/cli.py) or directly by tests, and embedded in the checkpoint as `training`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from training.model import ModelConfig
+
+LATENT_DEFAULTS = {"conv": 32, "mlp": 20}
+MNIST_TRAIN_IMAGES = 60_000
+FULL_IWAE_K = 1000  # the test-set IWAE estimate of a full run (README, model card)
+MIN_LIMITED_IWAE_K = 10
+
+
+class TrainingSetupError(RuntimeError):
+    """The run cannot start as configured (a flag, the run folder or its saved state); the
+    message says what to change. `vae-train` prints it as one line and exits 2."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data_root: Path = Path("data")
+    arch: str = "conv"
+    latent_dim: int | None = None  # None: 32 for conv, 20 for mlp
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 1e-3
+    beta: float = 1.0
+    kl_warmup_epochs: float = 2.0
+    lr_schedule: str = "cosine"
+    seed: int = 42
+    device: str = "auto"
+    val_size: int = 5000
+    out: Path = Path("runs/latest")
+    resume: bool = False
+    limit: int | None = None
+    iwae_k: int = FULL_IWAE_K
+    threads: int | None = None
+
+    def model_config(self) -> ModelConfig:
+        latent = self.latent_dim or LATENT_DEFAULTS[self.arch]
+        return ModelConfig(arch=self.arch, latent_dim=latent)  # type: ignore[arg-type]
+
+
+def iwae_k_for_limit(limit: int | None) -> int:
+    """The IWAE sample count when --iwae-k is not given: the full k for a full run, and under
+    --limit a k scaled by the share of MNIST's training images used, so that a smoke run's
+    test-set IWAE takes seconds instead of the full estimate's minutes."""
+    if limit is None:
+        return FULL_IWAE_K
+    scaled = round(FULL_IWAE_K * limit / MNIST_TRAIN_IMAGES)
+    return max(MIN_LIMITED_IWAE_K, min(FULL_IWAE_K, scaled))
