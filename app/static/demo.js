@@ -65,11 +65,20 @@ async function showImage(img, response) {
   img.hidden = false;
 }
 
-function debounce(fn, ms) {
+// Calls fn once input pauses for `ms`, and at least every `maxWait` ms while it keeps coming
+// (so the answer follows a long stroke as it is drawn).
+function debounce(fn, ms, maxWait = Infinity) {
   let timer;
+  let firstCall = null;
   return (...args) => {
     clearTimeout(timer);
-    timer = setTimeout(() => fn(...args), ms);
+    firstCall ??= Date.now();
+    const run = () => {
+      firstCall = null;
+      fn(...args);
+    };
+    if (Date.now() - firstCall >= maxWait) run();
+    else timer = setTimeout(run, ms);
   };
 }
 
@@ -256,7 +265,7 @@ async function showModel() {
   }
 }
 
-const pad = new Pad($("pad"), debounce(reconstructAndScore, 150));
+const pad = new Pad($("pad"), debounce(reconstructAndScore, 150, 400));
 const startPad = new Pad($("pad-start"), debounce(() => interpolate(), 400));
 const endPad = new Pad($("pad-end"), debounce(() => interpolate(), 400));
 
