@@ -4,6 +4,7 @@ the system's Chromium (Debian package `chromium`)."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 from collections.abc import Sequence
@@ -103,3 +104,27 @@ def draw(page: Page, canvas_selector: str, strokes: Sequence[Stroke]) -> None:
         for point in stroke[1:]:
             page.mouse.move(*at(point), steps=6)
         page.mouse.up()
+
+
+def touch_draw(page: Page, canvas_selector: str, strokes: Sequence[Stroke]) -> None:
+    """The same strokes as `draw`, as touch events (Chrome DevTools Protocol): Playwright's
+    touchscreen API only taps. The page must come from a context with has_touch=True."""
+    canvas = page.locator(canvas_selector)
+    canvas.scroll_into_view_if_needed()
+    box = canvas.bounding_box()
+    assert box is not None, f"{canvas_selector} is not on the page"
+    scale = box["width"] / 280
+    devtools = page.context.new_cdp_session(page)
+
+    def send(kind: str, points: Sequence[tuple[float, float]]) -> None:
+        touch_points = [{"x": box["x"] + x * scale, "y": box["y"] + y * scale} for x, y in points]
+        devtools.send("Input.dispatchTouchEvent", {"type": kind, "touchPoints": touch_points})
+
+    for stroke in strokes:
+        send("touchStart", stroke[:1])
+        for (x0, y0), (x1, y1) in itertools.pairwise(stroke):
+            for step in range(1, 7):
+                t = step / 6
+                send("touchMove", [(x0 + (x1 - x0) * t, y0 + (y1 - y0) * t)])
+        send("touchEnd", [])
+    devtools.detach()

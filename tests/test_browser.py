@@ -15,7 +15,14 @@ from fastapi import FastAPI
 
 from app.config import Settings
 from app.main import create_app
-from tests.browser_demo import DIGIT_STROKES, chromium_path, draw, launch_chromium, offline_page
+from tests.browser_demo import (
+    DIGIT_STROKES,
+    chromium_path,
+    draw,
+    launch_chromium,
+    offline_page,
+    touch_draw,
+)
 from tests.live_server import live_server
 
 if TYPE_CHECKING:
@@ -91,6 +98,18 @@ def test_drawing_shows_the_reconstruction_and_a_score(chromium: Browser, service
     assert blocked == []
 
 
+def test_touch_strokes_draw_too(chromium: Browser, service_url: str) -> None:
+    from playwright.sync_api import expect
+
+    context = chromium.new_context(has_touch=True, viewport={"width": 800, "height": 900})
+    page = context.new_page()
+    page.goto(f"{service_url}/")
+    touch_draw(page, "#pad", DIGIT_STROKES["1"])
+    expect(page.locator("#recon-img")).to_be_visible()
+    expect(page.locator("#score-value")).to_have_text(NUMBER)
+    context.close()
+
+
 def test_a_new_seed_redraws_the_sample_grid(chromium: Browser, service_url: str) -> None:
     from playwright.sync_api import expect
 
@@ -136,4 +155,14 @@ def test_docs_render_the_operations_without_internet(chromium: Browser, service_
     expect(operations.first).to_be_visible()
     paths = set(operations.all_inner_texts())
     assert {"/anomaly-score", "/reconstruct", "/sample", "/model"} <= paths
+    assert blocked == []
+
+
+def test_redoc_renders_without_internet(chromium: Browser, service_url: str) -> None:
+    from playwright.sync_api import expect
+
+    page, blocked = offline_page(chromium, service_url)
+    page.goto(f"{service_url}/redoc")
+    expect(page.get_by_text("/anomaly-score").first).to_be_attached()
+    expect(page.get_by_role("heading", name="Anomaly Score")).to_be_visible()
     assert blocked == []
