@@ -47,6 +47,8 @@ def test_demo_page_is_limited_to_this_origin(client: TestClient) -> None:
     policy = client.get("/").headers["content-security-policy"]
     assert "default-src 'self'" in policy
     assert "connect-src 'self'" in policy
+    # ReDoc's bundle would fetch a logo from its CDN: images are limited to this origin.
+    assert client.get("/redoc").headers["content-security-policy"] == "img-src 'self' data:"
 
 
 def test_with_a_key_the_schema_and_docs_need_it_but_the_demo_page_does_not(

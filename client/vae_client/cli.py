@@ -23,6 +23,12 @@ def build_parser() -> argparse.ArgumentParser:
     score = commands.add_parser("score", help="anomaly scores of image files")
     score.add_argument("images", nargs="+")
     score.add_argument("--fpr", type=float, help="flag at this false-positive rate")
+    score.add_argument(
+        "--preprocess",
+        choices=["mnist", "none"],
+        default="mnist",
+        help="none: the files already are 28x28 white-on-black MNIST-style images",
+    )
     sample = commands.add_parser("sample", help="write a grid of digits from the prior")
     sample.add_argument("-n", type=int, default=64)
     sample.add_argument("--seed", type=int)
@@ -36,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with VaeClient(args.url, api_key=args.api_key) as client:
             if args.command == "score":
-                report = client.anomaly_score(args.images, fpr=args.fpr)
+                report = client.anomaly_score(args.images, fpr=args.fpr, preprocess=args.preprocess)
                 print(f"{'image':40} {'score':>10} {'percentile':>10}  verdict")
                 for name, result in zip(args.images, report.results, strict=True):
                     verdict = "ANOMALY" if result.is_anomaly else "ok"
