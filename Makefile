@@ -37,10 +37,10 @@ $(VENV)/.serve: pyproject.toml
 	$(BIN)/pip install --quiet -e .
 	touch $@
 
-$(VENV)/.dev: pyproject.toml
+$(VENV)/.dev: pyproject.toml client/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(install_torch)
-	$(BIN)/pip install --quiet -e '.[train,dev]'
+	$(BIN)/pip install --quiet -e '.[train,dev]' -e ./client
 	touch $@ $(VENV)/.serve
 
 serve: $(VENV)/.serve  ## start the service on the shipped checkpoint at http://127.0.0.1:8000 (TORCH=cuda for GPU wheels)

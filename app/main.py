@@ -11,13 +11,12 @@ from functools import partial
 
 import anyio
 from fastapi import Depends, FastAPI
-from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.batching import BatchStats, DynamicBatcher
 from app.config import Settings, get_settings
 from app.deps import Services
+from app.docs import add_demo_page, add_docs
 from app.engine import EngineHolder, load_engine
 from app.errors import install_error_handlers
 from app.execution import Execution, choose_execution
@@ -126,17 +125,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(sampling.router, dependencies=protected)
     app.include_router(operations.router)
     app.include_router(operations.protected_router, dependencies=protected)
-    _add_docs(app, protected)
+    add_docs(app, protected)
+    add_demo_page(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)
     return app
-
-
-def _add_docs(app: FastAPI, dependencies: list[Depends]) -> None:  # type: ignore[valid-type]
-    @app.get("/openapi.json", include_in_schema=False, dependencies=dependencies)
-    async def openapi() -> JSONResponse:
-        return JSONResponse(app.openapi())
-
-    @app.get("/docs", include_in_schema=False, dependencies=dependencies)
-    async def docs() -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - docs")

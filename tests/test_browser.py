@@ -1,0 +1,168 @@
+"""The demo page and /docs in a real Chromium, with every request outside the service
+blocked. Skipped without Chromium; VAE_REQUIRE_BROWSER=1 (as in .ci/run) makes that a failure."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+from fastapi import FastAPI
+
+from app.config import Settings
+from app.main import create_app
+from tests.browser_demo import (
+    DIGIT_STROKES,
+    chromium_path,
+    draw,
+    launch_chromium,
+    offline_page,
+    touch_draw,
+)
+from tests.live_server import live_server
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
+
+pytestmark = pytest.mark.browser
+
+# How long an expectation waits for the page (Playwright's default is 5 s): the machine running
+# the suite may be busy, and a passing test never waits this long.
+PATIENCE_MS = 20_000
+NUMBER = re.compile(r"^-?\d+\.\d+$")
+PERCENT = re.compile(r"^\d+(\.\d+)?%$")
+
+
+def _chromium_or_skip() -> str:
+    if importlib.util.find_spec("playwright") is None:
+        problem = "the playwright package is not installed (pip install playwright)"
+    else:
+        executable = chromium_path()
+        if executable is not None:
+            return executable
+        configured = os.environ.get("VAE_CHROMIUM")
+        problem = (
+            f"VAE_CHROMIUM={configured} does not exist"
+            if configured
+            else "no Chromium on PATH (apt-get install chromium, or set VAE_CHROMIUM)"
+        )
+    if os.environ.get("VAE_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"VAE_REQUIRE_BROWSER=1 but {problem}")
+    pytest.skip(f"browser tests need Chromium: {problem}")
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Browser]:
+    executable = _chromium_or_skip()
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=PATIENCE_MS)
+
+    with sync_playwright() as playwright:
+        browser = launch_chromium(playwright, executable)
+        yield browser
+        browser.close()
+    expect.set_options(timeout=None)  # back to Playwright's default
+
+
+@pytest.fixture(scope="module")
+def demo_app(tiny_model_path: Path) -> FastAPI:
+    return create_app(Settings(model_path=tiny_model_path, device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def service_url(demo_app: FastAPI) -> Iterator[str]:
+    with live_server(demo_app) as url:
+        yield url
+
+
+def test_drawing_shows_the_reconstruction_and_a_score(chromium: Browser, service_url: str) -> None:
+    from playwright.sync_api import expect
+
+    page, blocked = offline_page(chromium, service_url)
+    page.goto(f"{service_url}/")
+    draw(page, "#pad", DIGIT_STROKES["7"])
+
+    reconstruction = page.locator("#recon-img")
+    expect(reconstruction).to_be_visible()
+    # layout=pair at scale 6: input | reconstruction, two 28x28 images side by side
+    assert reconstruction.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [336, 168]
+    expect(page.locator("#score-value")).to_have_text(NUMBER)
+    expect(page.locator("#score-percentile")).to_have_text(PERCENT)
+    expect(page.locator("#score-verdict")).to_have_text(re.compile("anomaly|looks like a digit"))
+    assert page.locator("#draw-status").get_attribute("class") == "status"  # not an error
+    assert blocked == []
+
+
+def test_touch_strokes_draw_too(chromium: Browser, service_url: str) -> None:
+    from playwright.sync_api import expect
+
+    context = chromium.new_context(has_touch=True, viewport={"width": 800, "height": 900})
+    page = context.new_page()
+    page.goto(f"{service_url}/")
+    touch_draw(page, "#pad", DIGIT_STROKES["1"])
+    expect(page.locator("#recon-img")).to_be_visible()
+    expect(page.locator("#score-value")).to_have_text(NUMBER)
+    context.close()
+
+
+def test_a_new_seed_redraws_the_sample_grid(chromium: Browser, service_url: str) -> None:
+    from playwright.sync_api import expect
+
+    page, blocked = offline_page(chromium, service_url)
+    page.goto(f"{service_url}/")
+    grid = page.locator("#sample-img")
+    expect(grid).to_have_attribute("data-seed", "7")
+    first = grid.screenshot()
+
+    page.locator("#seed").fill("8")
+    page.locator("#seed").dispatch_event("change")
+    expect(grid).to_have_attribute("data-seed", "8")
+    expect(page.locator("#sample-status")).to_contain_text("seed 8")
+    assert grid.screenshot() != first
+    assert blocked == []
+
+
+def test_interpolation_panel_answers_with_a_strip_or_a_clear_error(
+    chromium: Browser, service_url: str, demo_app: FastAPI
+) -> None:
+    from playwright.sync_api import expect
+
+    page, _ = offline_page(chromium, service_url)
+    page.goto(f"{service_url}/")
+    draw(page, "#pad-start", DIGIT_STROKES["1"])
+    draw(page, "#pad-end", DIGIT_STROKES["7"])
+    status = page.locator("#interp-status")
+    routes = {getattr(route, "path", None) for route in demo_app.routes}
+    if "/interpolate" in routes:
+        expect(page.locator("#interp-img")).to_be_visible()
+        expect(status).to_contain_text("steps")
+    else:
+        expect(status).to_have_text("/interpolate is not available on this server (404)")
+        expect(page.locator("#interp-img")).to_be_hidden()
+
+
+def test_docs_render_the_operations_without_internet(chromium: Browser, service_url: str) -> None:
+    from playwright.sync_api import expect
+
+    page, blocked = offline_page(chromium, service_url)
+    page.goto(f"{service_url}/docs")
+    operations = page.locator(".opblock-summary-path")
+    expect(operations.first).to_be_visible()
+    paths = set(operations.all_inner_texts())
+    assert {"/anomaly-score", "/reconstruct", "/sample", "/model"} <= paths
+    assert blocked == []
+
+
+def test_redoc_renders_without_internet(chromium: Browser, service_url: str) -> None:
+    from playwright.sync_api import expect
+
+    page, blocked = offline_page(chromium, service_url)
+    page.goto(f"{service_url}/redoc")
+    expect(page.get_by_text("/anomaly-score").first).to_be_attached()
+    expect(page.get_by_role("heading", name="Anomaly Score")).to_be_visible()
+    assert blocked == []
