@@ -37,9 +37,13 @@ def process_tree(pid: int) -> list[int]:
 def cpu_seconds(pid: int) -> float:
     """utime + stime of one process (all its threads), 0 when it is gone."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat_cpu_seconds(Path(f"/proc/{pid}/stat").read_text())
     except (FileNotFoundError, ProcessLookupError):
         return 0.0
+
+
+def stat_cpu_seconds(stat: str) -> float:
+    """utime + stime from the text of a /proc/<pid>/stat file."""
     # The command name (field 2) may hold spaces and parentheses: split after its last ')'.
     # Then field 3 (state) is at index 0, utime (field 14) at 11 and stime (field 15) at 12.
     fields = stat.rsplit(")", 1)[1].split()
