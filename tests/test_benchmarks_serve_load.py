@@ -5,6 +5,7 @@ No speed is asserted here: the benchmark prints figures, these tests check it re
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import subprocess
@@ -24,6 +25,7 @@ from benchmarks.serve_load.procfs import (
     process_tree,
     stat_cpu_seconds,
     tree_cpu_seconds,
+    wait_until_idle,
 )
 from benchmarks.serve_load.scenarios import MIXED_WEIGHTS, SCENARIOS
 from benchmarks.serve_load.servers import running, running_bare_app
@@ -99,6 +101,17 @@ def test_parse_summary_reads_the_replay_script_line_in_milliseconds() -> None:
     assert (summary.p50_ms, summary.p99_ms) == (1.5, 9.0)
 
 
+def test_parse_summary_of_a_run_without_replies_has_no_latency() -> None:
+    line = (
+        'serve_load-wrk {"duration_us": 5000000, "requests": 0, "bytes": 0, "connect_errors": 0, '
+        '"read_errors": 0, "write_errors": 0, "status_errors": 0, "timeouts": 0, "p50_us": 0, '
+        '"p90_us": 0, "p99_us": 0, "max_us": 0, "mean_us": 0.0}'
+    )
+    summary = parse_summary(line)
+    assert summary.responses == 0
+    assert math.isnan(summary.p50_ms) and math.isnan(summary.p99_ms)
+
+
 def test_parse_summary_without_the_line_says_so() -> None:
     with pytest.raises(WrkError, match="serve_load-wrk"):
         parse_summary("Running 5s test\n")
@@ -128,6 +141,20 @@ def test_process_tree_counts_a_child_and_its_cpu() -> None:
         assert child.pid in process_tree(os.getpid())
         assert cpu_seconds(child.pid) >= 0.25
         assert tree_cpu_seconds(os.getpid()) >= cpu_seconds(child.pid)
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_wait_until_idle_waits_for_a_busy_child_to_finish() -> None:
+    burn = "import time\nend = time.process_time() + 0.6\nwhile time.process_time() < end: pass\n"
+    child = subprocess.Popen([sys.executable, "-c", burn + "time.sleep(60)"])
+    try:
+        deadline = time.monotonic() + 30
+        while cpu_seconds(child.pid) == 0 and time.monotonic() < deadline:  # it has started
+            time.sleep(0.01)
+        wait_until_idle(child.pid, timeout_s=60)
+        assert cpu_seconds(child.pid) >= 0.55
     finally:
         child.kill()
         child.wait()

@@ -10,6 +10,8 @@ Starts the service (`python -m app`, one process per `--variant`) and the bare a
    p50/p99 latency, the server's CPU ms per request and cores kept busy (utime + stime of its
    processes from /proc over the run), the sum of errors (replies >= 400, socket errors,
    timeouts), and the medians of the per-round ratios to the bare app. Every round is listed.
+   After each wrk run the benchmark waits until that server is idle: what wrk left in flight
+   must not spill into the next run (see wrk.py).
 2. One client: `wrk -t1 -c1` on each one-client scenario: latency without queueing.
 3. Mixed soak (service only, Python clients counting every reply): errors, 5xx, and the
    resident memory of the service's processes as the soak goes.
@@ -46,9 +48,9 @@ from benchmarks.serve_load.wrk import (
     LoadShape,
     Measurement,
     WrkError,
+    drive,
     find_wrk,
     measure,
-    run_wrk,
     write_requests,
 )
 
@@ -154,7 +156,7 @@ class Runner:
         files = self.files[scenario]
         if self.args.warmup:
             warmup = LoadShape(shape.threads, shape.connections, self.args.warmup, shape.timeout_s)
-            run_wrk(self.wrk, server.url, files, warmup)
+            drive(self.wrk, server, files, warmup)
         images = self.pools[scenario][0].images
         return measure(self.wrk, server, scenario, images, files, shape)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from pathlib import Path
 
 CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
@@ -52,6 +53,22 @@ def stat_cpu_seconds(stat: str) -> float:
 
 def tree_cpu_seconds(pid: int) -> float:
     return sum(cpu_seconds(member) for member in process_tree(pid))
+
+
+def wait_until_idle(
+    pid: int, below_cores: float = 0.05, window_s: float = 0.25, timeout_s: float = 120.0
+) -> float:
+    """Wait until the tree's CPU use over one window falls under `below_cores`; return the
+    seconds waited (`timeout_s` when it never did). An idle server here uses ~0."""
+    started = time.monotonic()
+    before = tree_cpu_seconds(pid)
+    while time.monotonic() - started < timeout_s:
+        time.sleep(window_s)
+        now = tree_cpu_seconds(pid)
+        if (now - before) / window_s < below_cores:
+            return time.monotonic() - started
+        before = now
+    return timeout_s
 
 
 def rss_kib(pid: int) -> int:

@@ -92,7 +92,6 @@ SCENARIOS: dict[str, Scenario] = {
             "sample-64",
             'POST /sample {"n": 64, "seed": ...}',
             sample_requests(64),
-            under_load=False,
             one_client=True,
         ),
         Scenario(

@@ -2,8 +2,13 @@
 
 wrk replays a pool of pre-built requests through replay.lua, whose `done` hook prints one JSON
 line. The server's CPU time (utime + stime of its process tree, from /proc) is read just
-before wrk starts and just after it exits, so it covers the measured run and the few requests
-still in flight when wrk stops (at most one per connection).
+before wrk starts and just after it exits.
+
+When wrk stops it drops its connections, but the server still works through what it had
+accepted: up to one request per connection, which at 64 images each is seconds of work on this
+machine. Left alone, that backlog delays the next run's first replies and takes CPU from
+whichever server runs next. So every run (the warm-up too) is followed by a wait until the
+server is idle again, and each measured run starts from an idle server.
 """
 
 from __future__ import annotations
@@ -14,9 +19,10 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from benchmarks.serve_load.payloads import Payload
-from benchmarks.serve_load.procfs import tree_cpu_seconds
+from benchmarks.serve_load.procfs import tree_cpu_seconds, wait_until_idle
 from benchmarks.serve_load.servers import LOOPBACK, Server
 
 REPLAY_SCRIPT = Path(__file__).with_name("replay.lua")
@@ -100,6 +106,11 @@ def write_requests(payloads: Sequence[Payload], directory: Path) -> list[Path]:
     return paths
 
 
+def latency_ms(raw: dict[str, Any], key: str) -> float:
+    """A latency figure in ms; NaN when no reply came back (wrk then says 0)."""
+    return raw[key] / 1000 if raw["requests"] else float("nan")
+
+
 def parse_summary(stdout: str) -> WrkSummary:
     for line in stdout.splitlines():
         if line.startswith(SUMMARY_MARK):
@@ -112,12 +123,19 @@ def parse_summary(stdout: str) -> WrkSummary:
                     raw[key]
                     for key in ("connect_errors", "read_errors", "write_errors", "timeouts")
                 ),
-                p50_ms=raw["p50_us"] / 1000,
-                p90_ms=raw["p90_us"] / 1000,
-                p99_ms=raw["p99_us"] / 1000,
-                max_ms=raw["max_us"] / 1000,
+                p50_ms=latency_ms(raw, "p50_us"),
+                p90_ms=latency_ms(raw, "p90_us"),
+                p99_ms=latency_ms(raw, "p99_us"),
+                max_ms=latency_ms(raw, "max_us"),
             )
     raise WrkError(f"wrk printed no {SUMMARY_MARK.strip()!r} line:\n{stdout[-2000:]}")
+
+
+def drive(wrk: str, server: Server, request_files: Sequence[Path], shape: LoadShape) -> WrkSummary:
+    """One wrk run, then a wait until the server has finished what wrk left behind."""
+    summary = run_wrk(wrk, server.url, request_files, shape)
+    wait_until_idle(server.pid)
+    return summary
 
 
 def run_wrk(wrk: str, url: str, request_files: Sequence[Path], shape: LoadShape) -> WrkSummary:
@@ -149,4 +167,5 @@ def measure(
     cpu_before = tree_cpu_seconds(server.pid)
     summary = run_wrk(wrk, server.url, request_files, shape)
     cpu_used = tree_cpu_seconds(server.pid) - cpu_before
+    wait_until_idle(server.pid)
     return Measurement(scenario, server.name, images_per_request, summary, cpu_used)
