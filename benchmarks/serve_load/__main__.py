@@ -86,7 +86,9 @@ def parse_variant(text: str, common: dict[str, str]) -> Variant:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.serve_load", description=(__doc__ or "").split("\n\n")[0]
+    )
     parser.add_argument("--duration", type=int, default=10, help="counted s per wrk run")
     parser.add_argument("--warmup", type=int, default=1, help="uncounted s before each run")
     parser.add_argument("--repeat", type=int, default=3, help="rounds per scenario")
