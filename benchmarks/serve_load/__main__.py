@@ -5,13 +5,14 @@ Starts the service (`python -m app`, one process per `--variant`) and the bare a
 
 1. Under load: each scenario runs `--repeat` rounds; a round drives every server in turn (one
    under load at a time, so a slow spell of this shared machine hits them alike) with
-   `wrk -t THREADS -c CONNECTIONS` for `--warmup` uncounted seconds and `--duration` counted
-   ones. Per scenario and server: medians over rounds of req/s (2xx and 3xx replies), images/s,
-   p50/p99 latency, the server's CPU ms per request and cores kept busy (utime + stime of its
-   processes from /proc over the run), the sum of errors (replies >= 400, socket errors,
-   timeouts), and the medians of the per-round ratios to the bare app. Every round is listed.
+   `wrk -t THREADS -c CONNECTIONS` for `--warmup` uncounted seconds and then `--duration`
+   counted ones on the same connections. Per scenario and server: medians over rounds of
+   req/s (2xx and 3xx replies), images/s, p50/p99 latency, the server's CPU ms per request and
+   cores kept busy (utime + stime of its processes from /proc over the counted window), the
+   sum of errors (replies >= 400, socket errors, timeouts), and the medians of the per-round
+   ratios to the bare app. Every round is listed.
    After each wrk run the benchmark waits until that server is idle: what wrk left in flight
-   must not spill into the next run (see wrk.py).
+   must not spill into the next run (see wrk.py for how the window is counted).
 2. One client: `wrk -t1 -c1` on each one-client scenario: latency without queueing.
 3. Mixed soak (service only, Python clients counting every reply): errors, 5xx, and the
    resident memory of the service's processes as the soak goes.
@@ -48,7 +49,6 @@ from benchmarks.serve_load.wrk import (
     LoadShape,
     Measurement,
     WrkError,
-    drive,
     find_wrk,
     measure,
     write_requests,
@@ -89,14 +89,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.serve_load", description=(__doc__ or "").split("\n\n")[0]
     )
-    parser.add_argument("--duration", type=int, default=10, help="counted s per wrk run")
-    parser.add_argument("--warmup", type=int, default=1, help="uncounted s before each run")
+    parser.add_argument("--duration", type=float, default=10.0, help="counted s per wrk run")
+    parser.add_argument(
+        "--warmup", type=float, default=2.0, help="uncounted s at the start of each wrk run"
+    )
     parser.add_argument("--repeat", type=int, default=3, help="rounds per scenario")
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--connections", type=int, default=32, help="wrk connections")
     parser.add_argument("--timeout", type=int, default=30, help="wrk: s before a timeout error")
     parser.add_argument(
-        "--latency-duration", type=int, default=5, help="s per one-client run (0: skip)"
+        "--latency-duration", type=float, default=5.0, help="s per one-client run (0: skip)"
     )
     parser.add_argument("--mixed-requests", type=int, default=20000, help="0: skip the soak")
     parser.add_argument("--soak-clients", type=int, default=32)
@@ -155,17 +157,12 @@ class Runner:
 
     def run(self, server: Server, scenario: str, shape: LoadShape) -> Measurement:
         print(f"  {scenario} -> {server.name}", file=sys.stderr, flush=True)
-        files = self.files[scenario]
-        if self.args.warmup:
-            warmup = LoadShape(shape.threads, shape.connections, self.args.warmup, shape.timeout_s)
-            drive(self.wrk, server, files, warmup)
         images = self.pools[scenario][0].images
-        return measure(self.wrk, server, scenario, images, files, shape)
+        return measure(self.wrk, server, scenario, images, self.files[scenario], shape)
 
     def under_load(self, servers: Sequence[Server]) -> list[report.ScenarioRounds]:
-        shape = LoadShape(
-            self.args.threads, self.args.connections, self.args.duration, self.args.timeout
-        )
+        args = self.args
+        shape = LoadShape(args.threads, args.connections, args.warmup, args.duration, args.timeout)
         results = []
         for name in self.args.scenarios:
             if not SCENARIOS[name].under_load:
@@ -178,7 +175,8 @@ class Runner:
         return results
 
     def one_client(self, services: Sequence[Server]) -> list[Measurement]:
-        shape = LoadShape(1, 1, self.args.latency_duration, self.args.timeout)
+        args = self.args
+        shape = LoadShape(1, 1, args.warmup, args.latency_duration, args.timeout)
         return [
             self.run(server, name, shape)
             for name in self.args.scenarios
@@ -197,9 +195,11 @@ def header(args: argparse.Namespace, services: Sequence[Server], inputs: str) ->
     return [
         f"{now}; {cpu_model()}, {os.cpu_count()} cores; load average {load_average()} at start.",
         f"Model {args.model}; services: {configs}; inputs: {inputs}.",
-        f"wrk -t{args.threads} -c{args.connections}, {args.repeat} rounds of {args.duration} s "
-        f"(after {args.warmup} s uncounted) per scenario, servers alternating within a round. "
-        "Medians over rounds; errors summed; 'vs bare' is the median of the per-round ratios.",
+        f"wrk -t{args.threads} -c{args.connections}, {args.repeat} rounds per scenario, "
+        "servers alternating within a round; each run counts replies and server CPU over "
+        f"{args.duration:g} s after {args.warmup:g} s of warm-up on the same connections "
+        "(latency and errors: whole run). Medians over rounds; errors summed; "
+        "'vs bare': median of the per-round ratios.",
     ]
 
 
@@ -225,7 +225,7 @@ def run_all(args: argparse.Namespace, wrk: str) -> list[str]:
         if args.latency_duration:
             one_client = runner.one_client(services)
             if one_client:
-                lines += ["", f"One client (wrk -t1 -c1), {args.latency_duration} s each:", ""]
+                lines += ["", f"One client (wrk -t1 -c1), {args.latency_duration:g} s each:", ""]
                 lines += report.one_client_table(one_client)
         if args.mixed_requests:
             print(f"  mixed soak x{args.mixed_requests} -> {services[0].name}", file=sys.stderr)

@@ -56,16 +56,23 @@ def tree_cpu_seconds(pid: int) -> float:
 
 
 def wait_until_idle(
-    pid: int, below_cores: float = 0.05, window_s: float = 0.25, timeout_s: float = 120.0
+    pid: int,
+    below_cores: float = 0.05,
+    window_s: float = 0.25,
+    quiet_windows: int = 2,
+    timeout_s: float = 120.0,
 ) -> float:
-    """Wait until the tree's CPU use over one window falls under `below_cores`; return the
+    """Wait until the tree's CPU use stays under `below_cores` for `quiet_windows` windows in a
+    row (one could be a busy process that the crowded machine did not schedule); return the
     seconds waited (`timeout_s` when it never did). An idle server here uses ~0."""
     started = time.monotonic()
     before = tree_cpu_seconds(pid)
+    quiet = 0
     while time.monotonic() - started < timeout_s:
         time.sleep(window_s)
         now = tree_cpu_seconds(pid)
-        if (now - before) / window_s < below_cores:
+        quiet = quiet + 1 if (now - before) / window_s < below_cores else 0
+        if quiet == quiet_windows:
             return time.monotonic() - started
         before = now
     return timeout_s

@@ -1,21 +1,25 @@
 """Drive a server with wrk (a C load generator) and read its figures and the server's CPU.
 
-wrk replays a pool of pre-built requests through replay.lua, whose `done` hook prints one JSON
-line. The server's CPU time (utime + stime of its process tree, from /proc) is read just
-before wrk starts and just after it exits.
+One wrk run per measurement: `warmup_s` on the connections first, then a counted window of
+`duration_s`. replay.lua counts the replies completed inside the window; the server's CPU time
+(utime + stime of its process tree, from /proc) is read at the window's start and end. Both
+edges of the window then fall in the steady state, so CPU per reply is not skewed by the
+start (an idle server that has not replied yet) or the end (requests still in flight). Latency
+percentiles and error counts are wrk's, over the whole run, warm-up included.
 
 When wrk stops it drops its connections, but the server still works through what it had
 accepted: up to one request per connection, which at 64 images each is seconds of work on this
-machine. Left alone, that backlog delays the next run's first replies and takes CPU from
-whichever server runs next. So every run (the warm-up too) is followed by a wait until the
-server is idle again, and each measured run starts from an idle server.
+machine. Left alone, that backlog would take CPU from whichever server runs next, so every run
+is followed by a wait until the server is idle again.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import subprocess
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +31,8 @@ from benchmarks.serve_load.servers import LOOPBACK, Server
 
 REPLAY_SCRIPT = Path(__file__).with_name("replay.lua")
 SUMMARY_MARK = "serve_load-wrk "
+WRK_START_S = 0.3  # wrk's own start-up (connection check, threads), before the warm-up counts
+WRK_TAIL_S = 0.5  # wrk runs on past the window by at least this much
 
 
 class WrkError(RuntimeError):
@@ -37,15 +43,16 @@ class WrkError(RuntimeError):
 class LoadShape:
     threads: int
     connections: int
-    duration_s: int  # wrk counts whole seconds
+    warmup_s: float  # on the same connections, before the counted window
+    duration_s: float  # the counted window
     timeout_s: int  # a reply slower than this is a timeout error, not a latency
 
 
 @dataclass(frozen=True)
 class WrkSummary:
-    duration_s: float
-    responses: int  # every complete response, whatever its status
-    status_errors: int  # responses with a status of 400 or more (wrk's "Non-2xx or 3xx")
+    responses: int  # every complete reply of the run, whatever its status
+    window_responses: int  # replies completed inside the counted window
+    status_errors: int  # replies with a status of 400 or more (wrk's "Non-2xx or 3xx")
     socket_errors: int  # connect, read and write errors and timeouts
     p50_ms: float
     p90_ms: float
@@ -56,19 +63,24 @@ class WrkSummary:
     def errors(self) -> int:
         return self.status_errors + self.socket_errors
 
+    @property
+    def success_share(self) -> float:
+        return 1.0 - self.status_errors / self.responses if self.responses else 0.0
+
 
 @dataclass(frozen=True)
 class Measurement:
     scenario: str
     server: str
     images_per_request: int
+    window_s: float
     wrk: WrkSummary
-    server_cpu_s: float
+    server_cpu_s: float  # over the counted window
 
     @property
     def requests_per_s(self) -> float:
-        """Successful requests per second."""
-        return (self.wrk.responses - self.wrk.status_errors) / self.wrk.duration_s
+        """Successful requests per second in the counted window."""
+        return self.wrk.window_responses * self.wrk.success_share / self.window_s
 
     @property
     def images_per_s(self) -> float:
@@ -76,13 +88,14 @@ class Measurement:
 
     @property
     def cpu_ms_per_request(self) -> float:
-        """The server's CPU per answered request (errors included: they cost CPU too)."""
-        return 1000.0 * self.server_cpu_s / self.wrk.responses if self.wrk.responses else 0.0
+        """The server's CPU per reply in the window (errors included: they cost CPU too)."""
+        replies = self.wrk.window_responses
+        return 1000.0 * self.server_cpu_s / replies if replies else float("nan")
 
     @property
     def server_cores(self) -> float:
         """Cores the server kept busy on average: 1.0 is one core flat out."""
-        return self.server_cpu_s / self.wrk.duration_s
+        return self.server_cpu_s / self.window_s
 
 
 def find_wrk(name: str = "wrk") -> str:
@@ -116,8 +129,8 @@ def parse_summary(stdout: str) -> WrkSummary:
         if line.startswith(SUMMARY_MARK):
             raw = json.loads(line.removeprefix(SUMMARY_MARK))
             return WrkSummary(
-                duration_s=raw["duration_us"] / 1e6,
                 responses=raw["requests"],
+                window_responses=raw["window_requests"],
                 status_errors=raw["status_errors"],
                 socket_errors=sum(
                     raw[key]
@@ -131,29 +144,8 @@ def parse_summary(stdout: str) -> WrkSummary:
     raise WrkError(f"wrk printed no {SUMMARY_MARK.strip()!r} line:\n{stdout[-2000:]}")
 
 
-def drive(wrk: str, server: Server, request_files: Sequence[Path], shape: LoadShape) -> WrkSummary:
-    """One wrk run, then a wait until the server has finished what wrk left behind."""
-    summary = run_wrk(wrk, server.url, request_files, shape)
-    wait_until_idle(server.pid)
-    return summary
-
-
-def run_wrk(wrk: str, url: str, request_files: Sequence[Path], shape: LoadShape) -> WrkSummary:
-    argv = [
-        wrk,
-        f"-t{shape.threads}",
-        f"-c{shape.connections}",
-        f"-d{shape.duration_s}s",
-        f"--timeout={shape.timeout_s}s",
-        f"-s{REPLAY_SCRIPT}",
-        url,
-        "--",
-        *map(str, request_files),
-    ]
-    done = subprocess.run(argv, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise WrkError(f"wrk exited with {done.returncode}:\n{done.stderr or done.stdout}")
-    return parse_summary(done.stdout)
+def sleep_until(moment: float) -> None:
+    time.sleep(max(0.0, moment - time.monotonic()))
 
 
 def measure(
@@ -164,8 +156,38 @@ def measure(
     request_files: Sequence[Path],
     shape: LoadShape,
 ) -> Measurement:
-    cpu_before = tree_cpu_seconds(server.pid)
-    summary = run_wrk(wrk, server.url, request_files, shape)
-    cpu_used = tree_cpu_seconds(server.pid) - cpu_before
+    """One wrk run against `server`; then wait until the server is idle again."""
+    start = time.monotonic() + WRK_START_S + shape.warmup_s
+    stop = start + shape.duration_s
+    seconds = math.ceil(stop + WRK_TAIL_S - time.monotonic())  # wrk counts whole seconds
+    argv = [
+        wrk,
+        f"-t{shape.threads}",
+        f"-c{shape.connections}",
+        f"-d{seconds}s",
+        f"--timeout={shape.timeout_s}s",
+        f"-s{REPLAY_SCRIPT}",
+        server.url,
+        "--",
+        f"{start:.6f}",
+        f"{stop:.6f}",
+        *map(str, request_files),
+    ]
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        sleep_until(start)
+        cpu_at_start = tree_cpu_seconds(server.pid)
+        sleep_until(stop)
+        cpu_used = tree_cpu_seconds(server.pid) - cpu_at_start
+        stdout, stderr = process.communicate()
+    finally:
+        if process.poll() is None:  # interrupted: leave no wrk behind
+            process.kill()
+            process.wait()
+    if process.returncode != 0:
+        raise WrkError(f"wrk exited with {process.returncode}:\n{stderr or stdout}")
     wait_until_idle(server.pid)
-    return Measurement(scenario, server.name, images_per_request, summary, cpu_used)
+    summary = parse_summary(stdout)
+    return Measurement(
+        scenario, server.name, images_per_request, shape.duration_s, summary, cpu_used
+    )
