@@ -121,7 +121,7 @@ def test_parse_summary_without_the_line_says_so() -> None:
 
 def test_measurement_counts_only_successes_as_throughput_but_all_replies_for_cpu() -> None:
     summary = WrkSummary(1200, 1000, 120, 0, 1.0, 2.0, 3.0, 4.0)  # 10% of replies failed
-    run = Measurement("anomaly-64", "service", 64, 2.0, summary, server_cpu_s=1.5)
+    run = Measurement("anomaly-64", "service", 64, 1.0, 2.0, summary, server_cpu_s=1.5)
     assert run.requests_per_s == 450.0
     assert run.images_per_s == 450.0 * 64
     assert run.cpu_ms_per_request == 1.5

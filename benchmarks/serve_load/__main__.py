@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import os
 import signal
@@ -158,6 +159,8 @@ class Runner:
     def run(self, server: Server, scenario: str, shape: LoadShape) -> Measurement:
         print(f"  {scenario} -> {server.name}", file=sys.stderr, flush=True)
         images = self.pools[scenario][0].images
+        warmup = max(shape.warmup_s, SCENARIOS[scenario].min_warmup_s)
+        shape = dataclasses.replace(shape, warmup_s=warmup)
         return measure(self.wrk, server, scenario, images, self.files[scenario], shape)
 
     def under_load(self, servers: Sequence[Server]) -> list[report.ScenarioRounds]:
@@ -192,14 +195,19 @@ def header(args: argparse.Namespace, services: Sequence[Server], inputs: str) ->
         f", device {server.ready.get('device', '?')})"
         for variant, server in zip(args.variants, services, strict=True)
     )
+    longer = ", ".join(
+        f"{name} {SCENARIOS[name].min_warmup_s:g} s"
+        for name in args.scenarios
+        if SCENARIOS[name].min_warmup_s > args.warmup
+    )
     return [
         f"{now}; {cpu_model()}, {os.cpu_count()} cores; load average {load_average()} at start.",
         f"Model {args.model}; services: {configs}; inputs: {inputs}.",
         f"wrk -t{args.threads} -c{args.connections}, {args.repeat} rounds per scenario, "
         "servers alternating within a round; each run counts replies and server CPU over "
         f"{args.duration:g} s after {args.warmup:g} s of warm-up on the same connections "
-        "(latency and errors: whole run). Medians over rounds; errors summed; "
-        "'vs bare': median of the per-round ratios.",
+        f"({'longer warm-up: ' + longer + '; ' if longer else ''}latency and errors: whole "
+        "run). Medians over rounds; errors summed; 'vs bare': median of the per-round ratios.",
     ]
 
 

@@ -88,10 +88,13 @@ def rounds_lines(results: Sequence[ScenarioRounds]) -> list[str]:
             cpu = ", ".join(fmt(run.cpu_ms_per_request, 2) for run in runs)
             p99 = ", ".join(fmt(run.wrk.p99_ms) for run in runs)
             errors = ", ".join(str(run.wrk.errors) for run in runs)
-            lines.append(
+            line = (
                 f"- {rounds.scenario} on {server}: req/s {speed}; CPU ms/req {cpu}; "
                 f"p99 ms {p99}; errors {errors}"
             )
+            if not all(run.warmed_up for run in runs):
+                line += " (p50 above the warm-up in a round: CPU per request overstated there)"
+            lines.append(line)
     return lines
 
 

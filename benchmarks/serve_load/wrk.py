@@ -73,6 +73,7 @@ class Measurement:
     scenario: str
     server: str
     images_per_request: int
+    warmup_s: float
     window_s: float
     wrk: WrkSummary
     server_cpu_s: float  # over the counted window
@@ -91,6 +92,12 @@ class Measurement:
         """The server's CPU per reply in the window (errors included: they cost CPU too)."""
         replies = self.wrk.window_responses
         return 1000.0 * self.server_cpu_s / replies if replies else float("nan")
+
+    @property
+    def warmed_up(self) -> bool:
+        """Whether replies were flowing when the window opened (p50 within the warm-up); if
+        not, the window holds the CPU of replies it does not count."""
+        return self.wrk.p50_ms <= 1000.0 * self.warmup_s
 
     @property
     def server_cores(self) -> float:
@@ -189,5 +196,11 @@ def measure(
     wait_until_idle(server.pid)
     summary = parse_summary(stdout)
     return Measurement(
-        scenario, server.name, images_per_request, shape.duration_s, summary, cpu_used
+        scenario,
+        server.name,
+        images_per_request,
+        shape.warmup_s,
+        shape.duration_s,
+        summary,
+        cpu_used,
     )
