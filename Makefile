@@ -57,7 +57,8 @@ lint: $(VENV)/.dev
 train: $(VENV)/.dev  ## retrain the published model (needs MNIST under VAE_DATA_ROOT or ./data)
 	$(BIN)/vae-train --out runs/conv-default
 
-benchmarks: $(VENV)/.dev
+benchmarks: $(VENV)/.dev  ## training speed, anomaly scores, HTTP load (needs wrk: apt-get install wrk)
+	@command -v wrk >/dev/null || { echo "the load benchmark needs wrk: sudo apt-get install wrk"; exit 1; }
 	$(BIN)/python -m benchmarks.train_speed
 	$(BIN)/python -m benchmarks.anomaly
 	$(BIN)/python -m benchmarks.serve_load

@@ -1,8 +1,10 @@
-"""A FastAPI app that takes the service's payloads and answers at once: the HTTP stack's ceiling.
+"""A FastAPI app that parses the service's request bodies and answers a constant: the ceiling.
 
-Each endpoint reads the whole request body (it does not parse multipart or JSON) and returns a
-constant response, so what `benchmarks.serve_load` measures against it is uvicorn + FastAPI +
-the load generator on this machine, with no decoding, model or encoding work.
+Each endpoint takes the same body as the service's (multipart uploads through FastAPI's
+`UploadFile`, read to the end; JSON through `Request.json()`) and returns a constant reply, so
+what `benchmarks.serve_load` measures against it is uvicorn + FastAPI + multipart parsing +
+the load generator on this machine, with no decoding, model or encoding work. If an endpoint
+here rejects a scenario's body, the ceiling is meaningless: the benchmark reports its errors.
 
     python -m uvicorn benchmarks.bare_app:create_app --factory --port 8001
 """
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import io
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, File, Request, Response, UploadFile
 from fastapi.responses import JSONResponse
 from PIL import Image
 
@@ -25,6 +27,11 @@ def blank_png() -> bytes:
     return buffer.getvalue()
 
 
+async def read_all(uploads: list[UploadFile]) -> None:
+    for upload in uploads:
+        await upload.read()
+
+
 def create_app() -> FastAPI:
     app = FastAPI(title="serve_load bare app", docs_url=None, redoc_url=None, openapi_url=None)
     png = blank_png()
@@ -34,18 +41,18 @@ def create_app() -> FastAPI:
         return JSONResponse({"status": "ready", "device": "none"})
 
     @app.post("/anomaly-score")
-    async def anomaly_score(request: Request) -> JSONResponse:
-        await request.body()
+    async def anomaly_score(files: list[UploadFile] = File(...)) -> JSONResponse:
+        await read_all(files)
         return JSONResponse(ANOMALY_BODY)
+
+    @app.post("/reconstruct")
+    async def reconstruct(file: UploadFile = File(...)) -> Response:
+        await read_all([file])
+        return Response(png, media_type="image/png")
 
     @app.post("/sample")
     async def sample(request: Request) -> Response:
-        await request.body()
-        return Response(png, media_type="image/png")
-
-    @app.post("/reconstruct")
-    async def reconstruct(request: Request) -> Response:
-        await request.body()
+        await request.json()
         return Response(png, media_type="image/png")
 
     return app

@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 
 import httpx
@@ -16,8 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
+from benchmarks.serve_load.servers import running_service
 from scripts.paper_photos import paper_photo
-from tests.conftest import PROJECT_ROOT, SHIPPED_MODEL, encode
+from tests.conftest import SHIPPED_MODEL, encode
 from vae_common.checkpoint import load_checkpoint
 from vae_common.pixels import to_unit_interval
 
@@ -25,46 +21,11 @@ pytestmark = [pytest.mark.shipped, pytest.mark.slow]
 SCALE = 4
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "VAE_HOST": "127.0.0.1",
-        "VAE_PORT": str(port),
-        "VAE_MODEL_PATH": str(SHIPPED_MODEL),
-        "VAE_DEVICE": "cpu",
-        "VAE_LOG_LEVEL": "warning",
-    }
-    log_path = tmp_path_factory.mktemp("server") / "stderr.log"
-    log = log_path.open("w")  # a file, not a pipe: a full pipe would stall the server
-    server = subprocess.Popen(
-        [sys.executable, "-m", "app"], cwd=PROJECT_ROOT, env=env, stdout=log, stderr=log
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert server.poll() is None, log_path.read_text()
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        else:
-            pytest.fail("the service did not become ready within 120 s")
-        yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        log.close()
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    with running_service(SHIPPED_MODEL, {"VAE_DEVICE": "cpu"}, log_path=log_path) as server:
+        yield server.url
 
 
 def latent_nearest_label(image: np.ndarray, sample: np.ndarray, labels: np.ndarray) -> int:
