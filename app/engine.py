@@ -42,6 +42,13 @@ WARMUP_BATCH = 8
 # included. The buckets make the set of shapes small and fixed; start-up compiles them all.
 SIZES_PER_OCTAVE = 4
 
+# What `sample` draws from (a fitted prior would be another entry here, named by the card).
+PRIOR = {
+    "name": "standard",
+    "distribution": "standard normal N(0, I) over the latent_dim dimensions",
+    "temperature": "/sample multiplies the standard deviation by its temperature",
+}
+
 Forward = Callable[[torch.Tensor], tuple[torch.Tensor, ...]]
 
 
@@ -165,6 +172,8 @@ class Engine:
             "weights_sha256": metadata["weights_sha256"],
             "device": str(self.device),
             "architecture": metadata["architecture"],
+            "latent_dim": self.latent_dim,
+            "prior": PRIOR,
             "preprocessing": metadata["preprocessing"],
             "metrics": metadata["metrics"],
             "calibration": metadata.get("calibration", {}),

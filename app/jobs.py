@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
+import torch
 
 from app.engine import Engine
 from app.errors import InvalidInputError
@@ -90,3 +91,80 @@ class SampleJob(Job):
 
     def run(self, engine: Engine, inputs: np.ndarray) -> Outputs:
         return (engine.sample(self.n, self.temperature, self.seed).numpy(),)
+
+
+@dataclass(frozen=True, slots=True)
+class EncodeJob(Job):
+    """(N, 28, 28) pixels -> posterior mean and standard deviation, each (N, latent_dim)."""
+
+    def run(self, engine: Engine, inputs: np.ndarray) -> Outputs:
+        mu, logvar = engine.encode(pixels_to_tensor(inputs))
+        return mu.numpy(), torch.exp(0.5 * logvar).numpy()
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeJob(Job):
+    """(N, latent_dim) latents -> (N, 1, 28, 28) pixel means. The latent size is part of the
+    key: rows checked against one model never share a batch with rows of another size."""
+
+    latent_dim: int
+
+    def run(self, engine: Engine, inputs: np.ndarray) -> Outputs:
+        _check_latent_dim(engine, self.latent_dim)
+        return (engine.decode(torch.from_numpy(inputs)).numpy(),)
+
+
+@dataclass(frozen=True, slots=True)
+class InterpolateJob(Job):
+    """Two ends -> `steps` digits (steps, 1, 28, 28) along the path between their codes,
+    ends included. The ends are two pictures ((2, 28, 28) pixels, encoded to their means, so
+    the ends decode to their reconstructions) or two latent vectors ((2, latent_dim))."""
+
+    shares_batches: ClassVar[bool] = False  # the output rows come from both input rows
+
+    steps: int
+    method: str  # "linear" or "slerp"
+    latent_dim: int | None  # None: the inputs are pictures
+
+    def run(self, engine: Engine, inputs: np.ndarray) -> Outputs:
+        if self.latent_dim is None:
+            ends, _ = engine.encode(pixels_to_tensor(inputs))
+        else:
+            _check_latent_dim(engine, self.latent_dim)
+            ends = torch.from_numpy(inputs)
+        path = latent_path(ends[0], ends[1], self.steps, self.method)
+        return (engine.decode(path).numpy(),)
+
+
+def latent_path(start: torch.Tensor, end: torch.Tensor, steps: int, method: str) -> torch.Tensor:
+    """(D,) and (D,) -> (steps, D) from start to end, both included.
+
+    slerp follows the great circle between the two directions while the norm changes
+    linearly with the angle (White 2016, "Sampling generative networks"): in a high-dimensional
+    N(0, I) almost all mass lies near one norm, and a straight line between two codes cuts
+    through the low-norm interior. Where the angle is ~0 or ~pi the circle is undefined or
+    (anti)parallel, and the path is the straight line; so it is when either code is 0."""
+    t = torch.linspace(0.0, 1.0, steps, dtype=torch.float64).unsqueeze(1)  # (steps, 1)
+    a, b = start.to(torch.float64), end.to(torch.float64)
+    path = (1.0 - t) * a + t * b
+    norms = float(a.norm() * b.norm())
+    if method == "slerp" and norms > 0.0:
+        omega = torch.arccos((a @ b / norms).clamp(-1.0, 1.0))
+        sin_omega = torch.sin(omega)
+        if float(sin_omega) > SLERP_MIN_SIN:
+            path = (torch.sin((1.0 - t) * omega) * a + torch.sin(t * omega) * b) / sin_omega
+    return path.to(start.dtype)
+
+
+# Below this sin(angle) between the two codes, slerp divides by ~0: use the straight line.
+SLERP_MIN_SIN = 1e-4
+
+
+def _check_latent_dim(engine: Engine, latent_dim: int) -> None:
+    """The route checked the vectors against the engine of its time; a reload may have
+    brought a model with another latent size since."""
+    if latent_dim != engine.latent_dim:
+        raise InvalidInputError(
+            f"the model changed: latent vectors now need {engine.latent_dim} numbers, got "
+            f"{latent_dim} (see GET /model)"
+        )

@@ -22,7 +22,7 @@ from app.errors import install_error_handlers
 from app.execution import Execution, choose_execution
 from app.metrics import ServiceMetrics
 from app.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
-from app.routes import operations, reconstruction, sampling, scoring
+from app.routes import latent, operations, reconstruction, sampling, scoring
 from app.security import require_api_key
 from vae_common.checkpoint import CheckpointError
 from vae_common.devices import DeviceUnavailableError
@@ -123,6 +123,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(scoring.router, dependencies=protected)
     app.include_router(reconstruction.router, dependencies=protected)
     app.include_router(sampling.router, dependencies=protected)
+    app.include_router(latent.router, dependencies=protected)
     app.include_router(operations.router)
     app.include_router(operations.protected_router, dependencies=protected)
     add_docs(app, protected)

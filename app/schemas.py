@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from vae_common.scoring import MAX_SAMPLES
 
@@ -130,6 +130,177 @@ class AnomalyResponse(BaseModel):
     threshold: float
     threshold_source: str = Field(examples=["validation p99", "fpr=0.05", "request"])
     results: list[ImageScore]
+
+
+# --- the latent space: /encode, /decode, /interpolate ------------------------------------
+
+MAX_LATENTS = 256
+# Far outside anything the prior (N(0, I)) or an encoder produces; beyond it the decoder
+# only saturates, or overflows to NaN pixels in float32.
+MAX_LATENT_ABS = 1e3
+# The shipped model's latent size: the examples in /docs decode as they stand there.
+EXAMPLE_LATENT_DIM = 32
+
+
+def check_latent_rows(value: Any, name: str, latent_dim: int | None) -> list[list[float]]:
+    """JSON rows of latent numbers, checked in an order that keeps messages short: the
+    count, then each row's length against the model's latent size (`latent_dim`; None: the
+    first row's), then each number: finite, |z| <= MAX_LATENT_ABS."""
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_LATENTS:
+        count = f"got {len(value)}" if isinstance(value, list) else f"got {type(value).__name__}"
+        raise ValueError(f"{name} must be a list of 1 to {MAX_LATENTS} latent vectors; {count}")
+    if latent_dim is None and isinstance(value[0], list):
+        latent_dim = len(value[0])
+    for index, row in enumerate(value):
+        _check_length(row, f"{name}[{index}]", latent_dim)
+    for index, row in enumerate(value):
+        _check_numbers(row, f"{name}[{index}]")
+    return value
+
+
+def check_latent_vector(value: Any, name: str, latent_dim: int | None) -> list[float]:
+    _check_length(value, name, latent_dim)
+    _check_numbers(value, name)
+    return list(value)
+
+
+def _check_length(row: Any, where: str, latent_dim: int | None) -> None:
+    if not isinstance(row, list):
+        raise ValueError(f"{where} must be a list of numbers, got {type(row).__name__}")
+    if latent_dim is not None and len(row) != latent_dim:
+        raise ValueError(
+            f"{where} has {len(row)} numbers; a latent vector of this model has {latent_dim} "
+            "(latent_dim in GET /model)"
+        )
+    if not row:
+        raise ValueError(f"{where} is empty; a latent vector has latent_dim numbers")
+
+
+def _check_numbers(row: list[Any], where: str) -> None:
+    for position, number in enumerate(row):
+        # bool is an int to Python, not a number to a JSON client
+        if type(number) is not float and type(number) is not int:
+            raise ValueError(f"{where}[{position}] must be a number, got {type(number).__name__}")
+        if not abs(number) <= MAX_LATENT_ABS:  # also NaN, which compares False
+            shown = f"{number:.6g}" if isinstance(number, float) else "an integer that large"
+            raise ValueError(
+                f"{where}[{position}] is {shown}; latent values must be finite, with "
+                f"|z| <= {MAX_LATENT_ABS:g}"
+            )
+
+
+def _latent_dim(info: ValidationInfo) -> int | None:
+    """The model's latent size, passed as validation context by the route."""
+    return (info.context or {}).get("latent_dim")
+
+
+class LatentCode(BaseModel):
+    index: int = Field(description="position of the image in the request")
+    mu: list[float] = Field(description="posterior mean, one number per latent dimension")
+    sigma: list[float] = Field(description="posterior standard deviation, exp(logvar / 2)")
+
+
+class EncodeOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    preprocess: Literal["mnist", "none"] = Field("mnist", description="as for /reconstruct")
+
+
+class EncodeResponse(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    model_id: str
+    latent_dim: int
+    results: list[LatentCode] = Field(description="one per image, in input order")
+
+
+class DecodeOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["png", "pixels"] = Field(
+        "png", description="png: one grid like /sample; pixels: JSON rows of 784 floats"
+    )
+    nrow: int | None = Field(
+        None, ge=1, le=MAX_LATENTS, description="digits per grid row; default ceil(sqrt(n))"
+    )
+    scale: int = Field(1, ge=1, le=16, description="nearest-neighbour upscaling of the PNG")
+
+
+class DecodeRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"latents": [[0.0] * EXAMPLE_LATENT_DIM]}]},
+    )
+
+    latents: list[list[float]] = Field(
+        min_length=1,
+        max_length=MAX_LATENTS,
+        description=f"1 to {MAX_LATENTS} latent vectors of the model's latent size (GET "
+        f"/model), finite, each value within +-{MAX_LATENT_ABS:g}",
+    )
+
+    @field_validator("latents", mode="before")
+    @classmethod
+    def _checked(cls, value: Any, info: ValidationInfo) -> list[list[float]]:
+        return check_latent_rows(value, "latents", _latent_dim(info))
+
+
+class DecodedPixels(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    model_id: str
+    pixels: list[list[float]] = Field(
+        description="per latent, row-major 28x28 floats in [0, 1] (6 decimals), white on black"
+    )
+
+
+class InterpolateOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    steps: int = Field(10, ge=2, le=64, description="digits in the strip, both ends included")
+    method: Literal["linear", "slerp"] = Field(
+        "linear",
+        description="linear: straight line between the codes; slerp: along the great circle "
+        "(keeps the norm typical of the prior; linear where the codes are (anti)parallel)",
+    )
+    scale: int = Field(1, ge=1, le=16, description="nearest-neighbour upscaling of the PNG")
+    preprocess: Literal["mnist", "none"] = Field(
+        "mnist", description="as for /reconstruct; for pictures only"
+    )
+
+
+class InterpolateLatents(BaseModel):
+    """The two ends as latent vectors (pictures go as multipart `start` and `end`)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    # two orthogonal codes: slerp and linear paths differ
+                    "start": [
+                        float(i < EXAMPLE_LATENT_DIM // 2) for i in range(EXAMPLE_LATENT_DIM)
+                    ],
+                    "end": [float(i >= EXAMPLE_LATENT_DIM // 2) for i in range(EXAMPLE_LATENT_DIM)],
+                }
+            ]
+        },
+    )
+
+    start: list[float] = Field(description="latent vector of the first digit")
+    end: list[float] = Field(description="latent vector of the last digit")
+
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _checked(cls, value: Any, info: ValidationInfo) -> list[float]:
+        name = str(info.field_name)
+        if not isinstance(value, list):
+            raise ValueError(
+                f"{name} must be a latent vector (a list of numbers), got "
+                f"{type(value).__name__}; send pictures as multipart/form-data fields "
+                "'start' and 'end'"
+            )
+        return check_latent_vector(value, name, _latent_dim(info))
 
 
 class HealthResponse(BaseModel):

@@ -9,9 +9,11 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Sequence
+from typing import Any, TypeVar
 
 import numpy as np
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
@@ -27,6 +29,8 @@ INLINE_DECODE_MAX_IMAGES = 4
 INLINE_DECODE_MAX_SIDE = 64
 # Form fields besides the file field that a multipart request may carry (they are ignored).
 MAX_OTHER_PARTS = 16
+
+Body = TypeVar("Body", bound=BaseModel)
 
 
 async def read_images(request: Request, preprocess: Preprocess, settings: Settings) -> np.ndarray:
@@ -55,12 +59,30 @@ async def read_image(
     request: Request, field: str, preprocess: Preprocess, settings: Settings
 ) -> np.ndarray:
     """The one picture sent as multipart/form-data field `field` -> (1, 28, 28) pixels."""
+    return await read_named_images(request, (field,), preprocess, settings)
+
+
+async def read_named_images(
+    request: Request, fields: Sequence[str], preprocess: Preprocess, settings: Settings
+) -> np.ndarray:
+    """One picture in each multipart/form-data field of `fields` -> (len(fields), 28, 28)
+    pixels in the order of `fields` (the body is read once)."""
+    names = " and ".join(f"'{field}'" for field in fields)
     if media_type(request) != "multipart/form-data":
         raise UnsupportedMediaTypeError(
-            f"send the picture as multipart/form-data with the file in field '{field}'"
+            f"send the picture{'s' if len(fields) > 1 else ''} as multipart/form-data with "
+            f"one file in {'each of the fields' if len(fields) > 1 else 'field'} {names}"
         )
-    (data,) = await _uploaded_files(request, field, 1, "")
-    return await decode_uploads([data], preprocess, settings.max_image_pixels, field)
+    parts = await _form_parts(request, len(fields), "")
+    payloads = [_files_in(parts, field, 1, "")[0] for field in fields]
+    if len(fields) == 1:
+        return await decode_uploads(payloads, preprocess, settings.max_image_pixels, fields[0])
+    # One by one, so that an error names the field ("end[0]: not an image ...").
+    digits = [
+        await decode_uploads([data], preprocess, settings.max_image_pixels, field)
+        for data, field in zip(payloads, fields, strict=True)
+    ]
+    return np.concatenate(digits)
 
 
 async def decode_uploads(
@@ -83,7 +105,11 @@ async def _uploaded_files(
 ) -> list[bytes]:
     """The files of multipart field `field`, in order: at least one, at most max_files
     (`setting` names the knob for that limit in messages), each attached as a file."""
-    files = [part for part in await _form_parts(request, max_files, setting) if part.name == field]
+    return _files_in(await _form_parts(request, max_files, setting), field, max_files, setting)
+
+
+def _files_in(parts: list[Part], field: str, max_files: int, setting: str) -> list[bytes]:
+    files = [part for part in parts if part.name == field]
     if not files:
         raise InvalidInputError(f"no file: send the picture(s) in the multipart field '{field}'")
     if len(files) > max_files:
@@ -112,8 +138,13 @@ async def _form_parts(request: Request, max_files: int, setting: str) -> list[Pa
 
 
 def _parse_json_body(raw: bytes) -> AnomalyJsonBody:
+    return parse_json(raw, AnomalyJsonBody)
+
+
+def parse_json(raw: bytes, schema: type[Body], context: dict[str, Any] | None = None) -> Body:
+    """A JSON body validated by `schema` (with `context` for its validators), or a 422."""
     try:
-        return AnomalyJsonBody.model_validate(json.loads(raw))
+        return schema.model_validate(json.loads(raw), context=context)
     except json.JSONDecodeError as exc:
         raise InvalidInputError(
             f"the body is not valid JSON ({exc.msg} at byte {exc.pos})"
