@@ -14,8 +14,8 @@ from playwright.sync_api import expect, sync_playwright
 
 from app.config import DEFAULT_MODEL_PATH, Settings
 from app.main import create_app
-from tests.browser_demo import DIGIT_STROKES, chromium_path, draw, launch_chromium, offline_page
-from tests.live_server import live_server
+from scripts.browser_demo import DIGIT_STROKES, chromium_path, draw, launch_chromium, offline_page
+from scripts.live_server import live_server
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 

@@ -15,7 +15,7 @@ from fastapi import FastAPI
 
 from app.config import Settings
 from app.main import create_app
-from tests.browser_demo import (
+from scripts.browser_demo import (
     DIGIT_STROKES,
     chromium_path,
     draw,
@@ -23,7 +23,7 @@ from tests.browser_demo import (
     offline_page,
     touch_draw,
 )
-from tests.live_server import live_server
+from scripts.live_server import live_server
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser
@@ -127,23 +127,29 @@ def test_a_new_seed_redraws_the_sample_grid(chromium: Browser, service_url: str)
     assert blocked == []
 
 
-def test_interpolation_panel_answers_with_a_strip_or_a_clear_error(
-    chromium: Browser, service_url: str, demo_app: FastAPI
+def test_interpolation_between_two_drawn_digits_shows_a_strip(
+    chromium: Browser, service_url: str
 ) -> None:
     from playwright.sync_api import expect
 
-    page, _ = offline_page(chromium, service_url)
+    page, blocked = offline_page(chromium, service_url)
     page.goto(f"{service_url}/")
     draw(page, "#pad-start", DIGIT_STROKES["1"])
     draw(page, "#pad-end", DIGIT_STROKES["7"])
-    status = page.locator("#interp-status")
-    routes = {getattr(route, "path", None) for route in demo_app.routes}
-    if "/interpolate" in routes:
-        expect(page.locator("#interp-img")).to_be_visible()
-        expect(status).to_contain_text("steps")
-    else:
-        expect(status).to_have_text("/interpolate is not available on this server (404)")
-        expect(page.locator("#interp-img")).to_be_hidden()
+    strip = page.locator("#interp-img")
+    expect(strip).to_be_visible()
+    expect(page.locator("#interp-status")).to_contain_text("8 steps")
+    # 8 digits of 28 px with make_grid's 2 px padding, at the page's scale 3
+    assert strip.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [
+        (8 * 30 + 2) * 3,
+        32 * 3,
+    ]
+    first = strip.screenshot()
+    page.locator("#method").select_option("slerp")
+    expect(page.locator("#interp-status")).to_contain_text("slerp")
+    expect(page.locator("#interp-status")).not_to_have_class(re.compile("error"))
+    assert strip.screenshot() != first
+    assert blocked == []
 
 
 def test_docs_render_the_operations_without_internet(chromium: Browser, service_url: str) -> None:
@@ -155,6 +161,7 @@ def test_docs_render_the_operations_without_internet(chromium: Browser, service_
     expect(operations.first).to_be_visible()
     paths = set(operations.all_inner_texts())
     assert {"/anomaly-score", "/reconstruct", "/sample", "/model"} <= paths
+    assert {"/encode", "/decode", "/interpolate"} <= paths
     assert blocked == []
 
 

@@ -17,8 +17,8 @@ from PIL import Image
 
 from app.config import Settings
 from app.main import create_app
+from scripts.live_server import live_server
 from tests.conftest import png_of
-from tests.live_server import live_server
 from tests.synthetic import stroke_digits
 from vae_client import (
     NO_RETRIES,
@@ -32,16 +32,6 @@ from vae_client.images import array_to_uint8
 from vae_client.retry import retry_after_seconds
 
 API_KEY = "client-test-key"
-
-
-def _routes() -> set[str]:
-    # Building the app does no work (the model loads in the lifespan): cheap at collection.
-    return {getattr(route, "path", "") for route in create_app(Settings(device="cpu")).routes}
-
-
-def needs_endpoint(path: str) -> pytest.MarkDecorator:
-    """Skips while the service lacks `path`; the test runs as soon as the route exists."""
-    return pytest.mark.skipif(path not in _routes(), reason=f"endpoint not implemented yet: {path}")
 
 
 @pytest.fixture(scope="module")
@@ -312,10 +302,9 @@ def test_async_client_matches_the_blocking_one_and_retries(
     assert requests == 3 and sleep.waits == [1.0]
 
 
-# --- the latent API: these run as soon as the endpoints exist ----------------------------
+# --- the latent API ---------------------------------------------------------------------
 
 
-@needs_endpoint("/encode")
 def test_encode_gives_mu_and_sigma_per_image_in_order(vae: VaeClient, digits: np.ndarray) -> None:
     encoding = vae.encode(list(digits), preprocess="none")
     assert encoding.mu.shape == (3, encoding.latent_dim) == encoding.sigma.shape
@@ -324,7 +313,6 @@ def test_encode_gives_mu_and_sigma_per_image_in_order(vae: VaeClient, digits: np
     np.testing.assert_allclose(alone.mu[0], encoding.mu[2], atol=1e-5)
 
 
-@needs_endpoint("/decode")
 def test_decoding_the_code_gives_the_reconstruction(vae: VaeClient, digits: np.ndarray) -> None:
     encoding = vae.encode([digits[0]], preprocess="none")
     decoded = vae.decode(encoding.mu)
@@ -336,7 +324,6 @@ def test_decoding_the_code_gives_the_reconstruction(vae: VaeClient, digits: np.n
     assert grid.image().size[0] > 2 * 28
 
 
-@needs_endpoint("/interpolate")
 def test_interpolating_images_equals_interpolating_their_codes(
     vae: VaeClient, digits: np.ndarray
 ) -> None:

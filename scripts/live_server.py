@@ -1,4 +1,7 @@
-"""A real uvicorn serving an app on a free loopback port, in a background thread."""
+"""A real uvicorn serving an app object on a free loopback port, in a background thread: for
+the client and browser tests and scripts/screenshots.py, which need an app built in process
+(settings such as a queue of one image, or the API key, without a subprocess and its start-up).
+benchmarks/serve_load/servers.py starts `python -m app` as a process instead."""
 
 from __future__ import annotations
 
