@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from PIL import Image
 
 ANOMALY_BODY = {"model_id": "bare", "score": "constant", "results": []}
+ENCODE_BODY = {"model_id": "bare", "latent_dim": 0, "results": []}
 
 
 def blank_png() -> bytes:
@@ -48,6 +49,16 @@ def create_app() -> FastAPI:
     @app.post("/reconstruct")
     async def reconstruct(file: UploadFile = File(...)) -> Response:
         await read_all([file])
+        return Response(png, media_type="image/png")
+
+    @app.post("/encode")
+    async def encode(files: list[UploadFile] = File(...)) -> JSONResponse:
+        await read_all(files)
+        return JSONResponse(ENCODE_BODY)
+
+    @app.post("/decode")
+    async def decode(request: Request) -> Response:
+        await request.json()
         return Response(png, media_type="image/png")
 
     @app.post("/sample")

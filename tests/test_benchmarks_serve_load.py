@@ -27,7 +27,7 @@ from benchmarks.serve_load.procfs import (
     tree_cpu_seconds,
     wait_until_idle,
 )
-from benchmarks.serve_load.scenarios import MIXED_WEIGHTS, SCENARIOS
+from benchmarks.serve_load.scenarios import MIXED_WEIGHTS, SCENARIOS, Inputs
 from benchmarks.serve_load.servers import running, running_bare_app
 from benchmarks.serve_load.wrk import (
     LoadShape,
@@ -41,10 +41,11 @@ from benchmarks.serve_load.wrk import (
 )
 
 DIGITS = synthetic_digits(8)
+INPUTS = Inputs(DIGITS, latent_dim=4)  # the tiny checkpoint's (tests/conftest.py)
 
 
 def first_payloads() -> list[tuple[str, Payload]]:
-    return [(name, scenario.build(DIGITS)[0]) for name, scenario in SCENARIOS.items()]
+    return [(name, scenario.build(INPUTS)[0]) for name, scenario in SCENARIOS.items()]
 
 
 def post(client: TestClient, payload: Payload) -> int:
@@ -73,9 +74,9 @@ def test_the_soak_mixes_only_known_scenarios() -> None:
 
 
 def test_scenario_payloads_count_the_images_they_carry() -> None:
-    assert SCENARIOS["anomaly-64"].build(DIGITS)[0].images == 64
-    assert SCENARIOS["anomaly-64"].build(DIGITS)[0].body.count(b"image/png") == 64
-    assert SCENARIOS["reconstruct-1"].build(DIGITS)[0].images == 1
+    assert SCENARIOS["anomaly-64"].build(INPUTS)[0].images == 64
+    assert SCENARIOS["anomaly-64"].build(INPUTS)[0].body.count(b"image/png") == 64
+    assert SCENARIOS["reconstruct-1"].build(INPUTS)[0].images == 1
 
 
 def test_http_request_carries_the_body_and_its_length() -> None:
@@ -191,7 +192,7 @@ def test_launcher_reports_a_server_that_exits_before_it_is_ready(tmp_path: Path)
     shutil.which("wrk") is None, reason="wrk is not installed (apt-get install wrk)"
 )
 def test_wrk_replays_the_pool_against_the_bare_app(tmp_path: Path) -> None:
-    files = write_requests(SCENARIOS["anomaly-1"].build(DIGITS), tmp_path)
+    files = write_requests(SCENARIOS["anomaly-1"].build(INPUTS), tmp_path)
     with running_bare_app() as bare:
         run = measure(find_wrk(), bare, "anomaly-1", 1, files, LoadShape(1, 2, 0.5, 1.0, 10))
     assert 0 < run.wrk.window_responses < run.wrk.responses

@@ -31,6 +31,7 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
+import json
 import os
 import signal
 import sys
@@ -43,7 +44,7 @@ from types import FrameType
 from benchmarks.serve_load import report
 from benchmarks.serve_load.payloads import load_digits
 from benchmarks.serve_load.procfs import cpu_model, load_average
-from benchmarks.serve_load.scenarios import MIXED_WEIGHTS, SCENARIOS, default_names
+from benchmarks.serve_load.scenarios import MIXED_WEIGHTS, SCENARIOS, Inputs, default_names
 from benchmarks.serve_load.servers import Server, running_bare_app, running_service
 from benchmarks.serve_load.soak import run_soak
 from benchmarks.serve_load.wrk import (
@@ -54,6 +55,7 @@ from benchmarks.serve_load.wrk import (
     measure,
     write_requests,
 )
+from vae_common.checkpoint import sidecar_path
 
 BARE = "bare"
 
@@ -145,7 +147,8 @@ class Runner:
         self.args = args
         self.wrk = wrk
         digits, self.digits_source = load_digits(args.data_root)
-        self.pools = {name: SCENARIOS[name].build(digits) for name in self.scenario_names()}
+        inputs = Inputs(digits, model_latent_dim(args.model))
+        self.pools = {name: SCENARIOS[name].build(inputs) for name in self.scenario_names()}
         self.files: dict[str, list[Path]] = {}
         for name in args.scenarios:
             directory = request_dir / name
@@ -186,6 +189,11 @@ class Runner:
             if SCENARIOS[name].one_client
             for server in services
         ]
+
+
+def model_latent_dim(model: Path) -> int:
+    """The latent size, from the JSON metadata beside the checkpoint (nothing is loaded)."""
+    return int(json.loads(sidecar_path(model).read_text())["architecture"]["latent_dim"])
 
 
 def header(args: argparse.Namespace, services: Sequence[Server], inputs: str) -> list[str]:

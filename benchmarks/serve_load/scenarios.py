@@ -1,7 +1,8 @@
 """What the benchmark sends: one entry per scenario, each a pool of pre-built requests.
 
-To add a scenario (say `/encode`), add one `Scenario` to `SCENARIOS`: a name, a line saying
-what it sends, and a function from the digit PNGs to a pool of `Payload`s; `under_load` puts it
+To add a scenario, add one `Scenario` to `SCENARIOS`: a name, a line saying what it sends,
+and a function from the `Inputs` (digit PNGs, the model's latent size) to a pool of
+`Payload`s; `under_load` puts it
 in the wrk table (against the bare app, which must accept the same body: see
 benchmarks/bare_app.py), `one_client` in the one-client latency table, `default` in a run
 without `--scenarios`.
@@ -9,13 +10,22 @@ without `--scenarios`.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from benchmarks.serve_load.payloads import Payload, post_json, upload
 
 POOL_SIZE = 64  # distinct requests per scenario, replayed in turn
-PoolBuilder = Callable[[Sequence[bytes]], list[Payload]]  # digit PNGs -> request pool
+
+
+@dataclass(frozen=True)
+class Inputs:
+    digits: Sequence[bytes]  # PNGs
+    latent_dim: int  # of the model served: /decode takes vectors of exactly this size
+
+
+PoolBuilder = Callable[[Inputs], list[Payload]]  # -> request pool
 
 
 @dataclass(frozen=True)
@@ -31,20 +41,28 @@ class Scenario:
     min_warmup_s: float = 0.0
 
 
-def anomaly_uploads(per_request: int, query: str = "") -> PoolBuilder:
-    def build(digits: Sequence[bytes]) -> list[Payload]:
+def uploads(path: str, per_request: int) -> PoolBuilder:
+    """`per_request` digit PNGs in multipart field `files` (/anomaly-score, /encode)."""
+
+    def build(inputs: Inputs) -> list[Payload]:
+        digits = inputs.digits
         pool = []
         for index in range(POOL_SIZE):
             start = index * per_request
             files = [digits[(start + i) % len(digits)] for i in range(per_request)]
-            pool.append(upload(f"/anomaly-score{query}", "files", files))
+            pool.append(upload(path, "files", files))
         return pool
 
     return build
 
 
+def anomaly_uploads(per_request: int, query: str = "") -> PoolBuilder:
+    return uploads(f"/anomaly-score{query}", per_request)
+
+
 def reconstruct_upload(query: str = "") -> PoolBuilder:
-    def build(digits: Sequence[bytes]) -> list[Payload]:
+    def build(inputs: Inputs) -> list[Payload]:
+        digits = inputs.digits
         return [
             upload(f"/reconstruct{query}", "file", [digits[index % len(digits)]])
             for index in range(POOL_SIZE)
@@ -54,8 +72,24 @@ def reconstruct_upload(query: str = "") -> PoolBuilder:
 
 
 def sample_requests(n: int) -> PoolBuilder:
-    def build(digits: Sequence[bytes]) -> list[Payload]:
+    def build(inputs: Inputs) -> list[Payload]:
         return [post_json("/sample", {"n": n, "seed": seed}, n) for seed in range(POOL_SIZE)]
+
+    return build
+
+
+def decode_requests(n: int, query: str = "") -> PoolBuilder:
+    """n draws from N(0, I) per request, 6 decimals each, as a client would send codes."""
+
+    def build(inputs: Inputs) -> list[Payload]:
+        pool = []
+        for seed in range(POOL_SIZE):
+            rng = random.Random(seed)
+            latents = [
+                [round(rng.gauss(0.0, 1.0), 6) for _ in range(inputs.latent_dim)] for _ in range(n)
+            ]
+            pool.append(post_json(f"/decode{query}", {"latents": latents}, n))
+        return pool
 
     return build
 
@@ -92,6 +126,28 @@ SCENARIOS: dict[str, Scenario] = {
             "POST /reconstruct, one PNG (multipart `file`), default preprocessing",
             reconstruct_upload(),
             one_client=True,
+        ),
+        Scenario(
+            "encode-1",
+            "POST /encode, one PNG (multipart `files`), default preprocessing",
+            uploads("/encode", 1),
+        ),
+        Scenario(
+            "encode-64",
+            "POST /encode, 64 PNGs per request, default preprocessing",
+            uploads("/encode", 64),
+            min_warmup_s=6.0,
+        ),
+        Scenario(
+            "decode-64",
+            'POST /decode {"latents": 64 vectors from N(0, I)} -> one PNG grid',
+            decode_requests(64),
+        ),
+        Scenario(
+            "decode-64-pixels",
+            "POST /decode?format=pixels, 64 vectors -> JSON pixels",
+            decode_requests(64, "?format=pixels"),
+            default=False,
         ),
         Scenario(
             "sample-64",
