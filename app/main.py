@@ -33,7 +33,8 @@ DESCRIPTION = """
 A variational autoencoder trained on MNIST. Pixels everywhere are floats in [0, 1], white
 digit on black, 28x28. Draw digits from the prior, reconstruct an uploaded picture, or
 score how unlike a handwritten digit an image is, with percentiles calibrated on held-out
-digits.
+digits. The latent space is open too: encode pictures to their codes, decode codes into
+digits, and walk from one digit to another.
 """
 
 
