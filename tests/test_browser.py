@@ -24,6 +24,7 @@ from scripts.browser_demo import (
     touch_draw,
 )
 from scripts.live_server import live_server
+from tests.conftest import SHIPPED_MODEL
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser
@@ -77,6 +78,12 @@ def demo_app(tiny_model_path: Path) -> FastAPI:
 @pytest.fixture(scope="module")
 def service_url(demo_app: FastAPI) -> Iterator[str]:
     with live_server(demo_app) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def shipped_url() -> Iterator[str]:
+    with live_server(create_app(Settings(model_path=SHIPPED_MODEL, device="cpu"))) as url:
         yield url
 
 
@@ -162,6 +169,28 @@ def test_docs_render_the_operations_without_internet(chromium: Browser, service_
     paths = set(operations.all_inner_texts())
     assert {"/anomaly-score", "/reconstruct", "/sample", "/model"} <= paths
     assert {"/encode", "/decode", "/interpolate"} <= paths
+    assert blocked == []
+
+
+@pytest.mark.parametrize("operation", ["decode", "encode", "interpolate"])
+def test_docs_try_it_out_runs_the_latent_examples(
+    chromium: Browser, shipped_url: str, operation: str
+) -> None:
+    """The examples are sized for the shipped model (latent size 32): Try it out, Execute."""
+    from playwright.sync_api import expect
+
+    page, blocked = offline_page(chromium, shipped_url)
+    page.goto(f"{shipped_url}/docs")
+    block = page.locator(f"#operations-latent_space-{operation}_{operation}_post")
+    block.locator(".opblock-summary").click()
+    block.get_by_role("button", name="Try it out").click()
+    if operation == "encode":  # multipart comes first, as for /anomaly-score
+        block.locator(".opblock-section-request-body select").first.select_option(
+            "application/json"
+        )
+    block.get_by_role("button", name="Execute").click()
+    status = block.locator(".live-responses-table tbody .response-col_status").first
+    expect(status).to_have_text("200")
     assert blocked == []
 
 
