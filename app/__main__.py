@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 
-import uvicorn
-
 from app.config import get_settings
 from app.logs import configure_logging
 
@@ -24,24 +22,14 @@ class _OneLineStartupFailure(logging.Filter):
 def main() -> None:
     # The process tuning reads environment variables that must be set before torch loads.
     from app.execution import CpuExecution
+    from app.server import serve
 
     CpuExecution.tune_process()
     settings = get_settings()
     configure_logging(settings.log_level)
     for name in ("uvicorn.error", "uvicorn"):
         logging.getLogger(name).addFilter(_OneLineStartupFailure())
-    uvicorn.run(
-        "app.main:create_app",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        limit_concurrency=settings.limit_concurrency,
-        log_config=None,
-        access_log=False,
-        timeout_keep_alive=settings.keep_alive_s,
-        timeout_graceful_shutdown=10,
-    )
+    serve(settings)
 
 
 if __name__ == "__main__":

@@ -61,7 +61,23 @@ class Settings(BaseSettings):
         30, ge=1, le=3600, description="how long an idle keep-alive connection stays open"
     )
     limit_concurrency: int | None = Field(
-        None, ge=1, description="open connections before uvicorn answers 503"
+        None,
+        ge=1,
+        description="requests in progress before more get 503; /healthz, /readyz, /metrics exempt",
+    )
+    # Kubernetes: terminationGracePeriodSeconds >= preStop + this + app.server's
+    # GRACEFUL_SHUTDOWN_S (deploy/kubernetes/base/deployment.yaml).
+    drain_seconds: float = Field(
+        5.0,
+        ge=0.0,
+        le=600.0,
+        description="after SIGTERM: /readyz answers 503 while requests are served this long",
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0.0, le=600.0, description="longest wait for a request's headers (408, closed)"
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0.0, le=3600.0, description="longest time to receive a request's body (408)"
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

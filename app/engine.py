@@ -8,6 +8,7 @@ Engine methods run on the inference threads and take and return CPU tensors.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -197,6 +198,17 @@ class EngineHolder:
 
     def __init__(self, engine: Engine) -> None:
         self.current = engine
+        self._reloading = threading.Lock()  # one reload at a time
+
+    def reload(self, model_path: Path, warm_up_rows: int) -> Engine:
+        """Blocking, off the event loop: load, verify and warm up the checkpoint beside the
+        serving engine, on the same Execution, then switch with one assignment (atomic for
+        the batches that read `current`). Raises CheckpointError (or whatever the warm-up
+        raised); `current` is then unchanged."""
+        with self._reloading:
+            engine = load_engine(model_path, self.current.execution, warm_up_rows)
+            self.current = engine
+        return engine
 
 
 def padded_batch_size(rows: int) -> int:

@@ -8,11 +8,13 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from functools import partial
+from typing import Any
 
 import anyio
 from fastapi import Depends, FastAPI
 from starlette.concurrency import run_in_threadpool
 
+from app.admission import AdmissionMiddleware
 from app.batching import BatchStats, DynamicBatcher
 from app.config import Settings, get_settings
 from app.deps import Services
@@ -20,6 +22,7 @@ from app.docs import add_demo_page, add_docs
 from app.engine import EngineHolder, load_engine
 from app.errors import install_error_handlers
 from app.execution import Execution, choose_execution
+from app.lifecycle import LIFECYCLE_STATE, Lifecycle, reload_model
 from app.metrics import ServiceMetrics
 from app.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from app.routes import latent, operations, reconstruction, sampling, scoring
@@ -39,7 +42,7 @@ digits, and walk from one digit to another.
 
 
 @asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
     """Load, verify and warm up the model; start the batcher; report ready. Any failure
     here stops start-up (the process exits non-zero) instead of serving half-working."""
     settings: Settings = app.state.settings
@@ -89,11 +92,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # moves); frozen, they are skipped, and a full collection takes microseconds.
     gc.collect()
     gc.freeze()
+    lifecycle: Lifecycle = app.state.lifecycle
+    lifecycle.reloader = partial(
+        reload_model, engines, settings.model_path, settings.batch_max_size
+    )
     app.state.ready = True
     try:
-        yield
+        yield {LIFECYCLE_STATE: lifecycle}  # app.server drains and reloads through it
     finally:
         app.state.ready = False
+        lifecycle.reloader = None
         await batcher.stop()
         executor.shutdown(wait=True)
         execution.close()
@@ -117,6 +125,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = ServiceMetrics.create()
     app.state.ready = False
+    app.state.lifecycle = Lifecycle()
     install_error_handlers(app)
     # Without a key there is nothing to check: no dependency, and no lock icons in /docs.
     protected = [Depends(require_api_key)] if settings.api_key is not None else []
@@ -130,5 +139,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     add_docs(app, protected)
     add_demo_page(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(
+        AdmissionMiddleware,
+        lifecycle=app.state.lifecycle,
+        body_timeout_s=settings.body_timeout_s,
+        limit_concurrency=settings.limit_concurrency,
+    )
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)
     return app

@@ -310,7 +310,7 @@ class HealthResponse(BaseModel):
 class ReadyResponse(BaseModel):
     model_config = ConfigDict(protected_namespaces=())
 
-    status: Literal["ready", "not ready"]
+    status: Literal["ready", "not ready", "draining"]
     model_id: str | None = None
     device: str | None = None
 

@@ -20,9 +20,11 @@ async def healthz() -> HealthResponse:
 @router.get("/readyz", response_model=ReadyResponse, responses={503: {"model": ReadyResponse}})
 async def readyz(request: Request) -> JSONResponse:
     """200 once the model is loaded, verified and warmed up; 503 before that and when draining."""
-    services = getattr(request.app.state, "services", None)
-    if services is None or not getattr(request.app.state, "ready", False):
-        body = ReadyResponse(status="not ready")
+    state = request.app.state
+    services = getattr(state, "services", None)
+    if services is None or not getattr(state, "ready", False) or state.lifecycle.draining:
+        # Draining: the process is still serving, but load balancers should stop sending.
+        body = ReadyResponse(status="draining" if state.lifecycle.draining else "not ready")
         return JSONResponse(body.model_dump(), status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
     engine = services.engine
     body = ReadyResponse(status="ready", model_id=engine.model_id, device=str(engine.device))
