@@ -10,15 +10,18 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from starlette.concurrency import run_in_threadpool
 
-from app.engine import Engine, EngineHolder
+if TYPE_CHECKING:  # app.server imports this module; its worker processes must not wait
+    # for torch before they answer the supervisor's first health check.
+    from app.engine import Engine, EngineHolder
 
 logger = logging.getLogger("app.lifecycle")
 LIFECYCLE_STATE = "lifecycle"  # key in the lifespan state
 
-Reloader = Callable[[], Awaitable[Engine | None]]
+Reloader = Callable[[], Awaitable["Engine | None"]]
 
 
 class Lifecycle:

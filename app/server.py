@@ -34,6 +34,7 @@ from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
 from app.config import Settings
 from app.lifecycle import LIFECYCLE_STATE, Lifecycle
+from app.logs import configure_logging
 
 logger = logging.getLogger("app.server")
 # Requests still running when the listener closes get this long (uvicorn's
@@ -52,12 +53,19 @@ class ServiceConfig(uvicorn.Config):
         drain_seconds: float,
         header_timeout_s: float,
         body_timeout_s: float,
+        service_log_level: str,
         **kwargs: Any,
     ) -> None:
+        self.service_log_level = service_log_level  # uvicorn's __init__ configures logging
         super().__init__(app, **kwargs)
         self.drain_seconds = drain_seconds
         self.header_timeout_s = header_timeout_s
         self.body_timeout_s = body_timeout_s
+
+    def configure_logging(self) -> None:
+        """Also in each worker process (uvicorn calls this there): our JSON lines."""
+        super().configure_logging()
+        configure_logging(self.service_log_level)
 
 
 class DrainingServer(uvicorn.Server):
@@ -296,6 +304,7 @@ def serve(settings: Settings) -> None:
         drain_seconds=settings.drain_seconds,
         header_timeout_s=settings.header_timeout_s,
         body_timeout_s=settings.body_timeout_s,
+        service_log_level=settings.log_level,
     )
     if config.workers > 1:
         Supervisor(config, sockets=[config.bind_socket()]).run()

@@ -113,3 +113,11 @@ def encode(image: Image.Image, fmt: str = "PNG", **params: Any) -> bytes:
 def stroke_png() -> bytes:
     """A 28x28 synthetic digit-like PNG, white on black."""
     return png_of(stroke_digits(1, seed=123)[0])
+
+
+@pytest.fixture(scope="session")
+def second_model_path(fake_mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Another tiny checkpoint (another seed, so other weights and model ID), for reloads."""
+    out = tmp_path_factory.mktemp("tiny-run-seed-1")
+    run(tiny_config(fake_mnist_root, out, seed=1))
+    return out / "model.pt"
