@@ -15,7 +15,7 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
 
-from app.batching import DynamicBatcher
+from app.batching import Lanes
 from app.config import Settings
 from app.engine import Engine, EngineHolder
 from app.metrics import ServiceMetrics
@@ -27,7 +27,7 @@ class Services:
 
     settings: Settings
     engines: EngineHolder
-    batcher: DynamicBatcher
+    batcher: Lanes
     metrics: ServiceMetrics
 
     @property

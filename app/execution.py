@@ -72,7 +72,8 @@ class CpuExecution(Execution):
         self.large_batch_threads = torch.get_num_threads()
 
     def running(self, rows: int) -> AbstractContextManager[None]:
-        return intra_op_threads(1 if rows < SMALL_BATCH_IMAGES else self.large_batch_threads)
+        threads = 1 if rows < SMALL_BATCH_IMAGES else self.large_batch_threads
+        return intra_op_threads(min(threads, getattr(_thread_cap, "threads", threads)))
 
     def close(self) -> None:
         torch.set_num_threads(self._threads_before)
@@ -130,6 +131,16 @@ def choose_execution(device_choice: str, torch_threads: int, model_instances: in
     if device.type == "cuda":
         return CudaExecution(device)
     return CpuExecution(torch_threads, model_instances)
+
+
+_thread_cap = threading.local()
+
+
+def one_intra_op_thread() -> None:
+    """Executor initializer for the heavy lane's thread (app.batching.Lanes): its forward
+    passes use one intra-op thread, whatever their size, leaving the other cores to the
+    cheap lane and the event loop."""
+    _thread_cap.threads = 1
 
 
 @contextmanager

@@ -33,6 +33,12 @@ class Job(ABC):
     # number of rows, and the request gets them whole.
     shares_batches: ClassVar[bool] = True
 
+    @property
+    def heavy(self) -> bool:
+        """True for work that grows with Monte Carlo samples: it runs in a lane of its own
+        (app.batching.Lanes), so that it never holds up cheap requests."""
+        return False
+
     @abstractmethod
     def run(self, engine: Engine, inputs: np.ndarray) -> Outputs:
         """inputs: (N, ...) rows of every request in the batch -> outputs with N rows each."""
@@ -57,6 +63,10 @@ class ScoreJob(Job):
         if samples is not None and samples > max_k:
             raise InvalidInputError(f"k must be at most {max_k} (VAE_MAX_IWAE_K), got {samples}")
         return cls(name, samples)
+
+    @property
+    def heavy(self) -> bool:
+        return self.k is not None
 
     def run(self, engine: Engine, inputs: np.ndarray) -> Outputs:
         engine.check_available(self.score)  # the engine may have changed since for_request

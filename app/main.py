@@ -15,13 +15,13 @@ from fastapi import Depends, FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from app.admission import AdmissionMiddleware
-from app.batching import BatchStats, DynamicBatcher
+from app.batching import HEAVY_CHUNK_ROWS, BatchStats, DynamicBatcher, Lanes
 from app.config import Settings, get_settings
 from app.deps import Services
 from app.docs import add_demo_page, add_docs
 from app.engine import EngineHolder, load_engine
 from app.errors import install_error_handlers
-from app.execution import Execution, choose_execution
+from app.execution import Execution, choose_execution, one_intra_op_thread
 from app.lifecycle import LIFECYCLE_STATE, Lifecycle, reload_model
 from app.metrics import ServiceMetrics
 from app.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
@@ -75,14 +75,24 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
     executor = ThreadPoolExecutor(
         max_workers=settings.model_instances, thread_name_prefix="inference"
     )
-    batcher = DynamicBatcher(
-        engines=engines,
-        executor=executor,
-        max_size=settings.batch_max_size,
-        max_delay_s=settings.batch_max_delay_ms / 1000.0,
-        max_queued_images=settings.batch_queue_images,
-        stats=BatchStats(on_batch=partial(_observe_batch, metrics)),
-        max_running=settings.model_instances,
+    heavy_executor = ThreadPoolExecutor(
+        max_workers=1, thread_name_prefix="inference-heavy", initializer=one_intra_op_thread
+    )
+
+    def lane(executor: ThreadPoolExecutor, max_running: int, max_size: int) -> DynamicBatcher:
+        return DynamicBatcher(
+            engines=engines,
+            executor=executor,
+            max_size=max_size,
+            max_delay_s=settings.batch_max_delay_ms / 1000.0,
+            max_queued_images=settings.batch_queue_images,
+            stats=BatchStats(on_batch=partial(_observe_batch, metrics)),
+            max_running=max_running,
+        )
+
+    batcher = Lanes(
+        cheap=lane(executor, settings.model_instances, settings.batch_max_size),
+        heavy=lane(heavy_executor, 1, HEAVY_CHUNK_ROWS),
     )
     metrics.queued_images.set_function(lambda: batcher.queued_images)
     batcher.start()
@@ -104,6 +114,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         lifecycle.reloader = None
         await batcher.stop()
         executor.shutdown(wait=True)
+        heavy_executor.shutdown(wait=True)
         execution.close()
 
 

@@ -14,7 +14,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from app.batching import DynamicBatcher, QueueFullError, Served
+from app.batching import HEAVY_CHUNK_ROWS, DynamicBatcher, Lanes, QueueFullError, Served
 
 
 @dataclass
@@ -38,6 +38,7 @@ class Tag:
 
     label: str
     shares_batches: ClassVar[bool] = True
+    heavy: ClassVar[bool] = False
 
     def run(self, engine: FakeEngine, inputs: np.ndarray) -> tuple[np.ndarray, ...]:
         engine.started += 1
@@ -279,3 +280,85 @@ def test_sample_runs_on_an_inference_thread(
         response = client.post("/sample", json={"n": 3, "seed": 2})
     assert response.status_code == 200
     assert len(threads) == 1 and threads[0].startswith("inference")
+
+
+@dataclass(frozen=True)
+class Heavy(Tag):
+    """A Monte Carlo-like job: it runs in the heavy lane, and waits for `gate` if given."""
+
+    heavy: ClassVar[bool] = True
+    gate: threading.Event | None = None
+
+    def run(self, engine: FakeEngine, inputs: np.ndarray) -> tuple[np.ndarray, ...]:
+        engine.started += 1
+        if self.gate is not None:
+            assert self.gate.wait(timeout=30)
+        engine.batches.append((self, inputs[:, 0].tolist()))
+        return inputs * 10, np.array([engine.name] * len(inputs))
+
+
+def run_lanes(
+    scenario: Callable[[Lanes, FakeHolder], Coroutine[Any, Any, None]], engine: FakeEngine
+) -> None:
+    """Lanes as main.py builds them: one inference thread each, heavy batches of a chunk."""
+
+    async def main() -> None:
+        holder = FakeHolder(engine)
+        with ThreadPoolExecutor(1) as cheap_thread, ThreadPoolExecutor(1) as heavy_thread:
+            lanes = Lanes(
+                cheap=DynamicBatcher(holder, cheap_thread, 64, 0.0, 1000),
+                heavy=DynamicBatcher(holder, heavy_thread, HEAVY_CHUNK_ROWS, 0.0, 1000),
+            )
+            lanes.start()
+            try:
+                await scenario(lanes, holder)
+            finally:
+                await lanes.stop()
+
+    asyncio.run(main())
+
+
+def test_cheap_job_is_served_while_heavy_jobs_hold_their_lane() -> None:
+    engine = FakeEngine("e1", [])
+    gate = threading.Event()
+
+    async def scenario(lanes: Lanes, _: FakeHolder) -> None:
+        job = Heavy("mc", gate)
+        heavy = [asyncio.ensure_future(lanes.submit(job, rows(1, 2))) for _ in range(3)]
+        await until(lambda: engine.started == 1)  # the heavy lane is busy and has a queue
+        cheap = await lanes.submit(Tag("default"), rows(5))
+        assert cheap.outputs[0].tolist() == [[50.0]]
+        assert not any(task.done() for task in heavy)
+        gate.set()
+        for task in heavy:
+            assert (await task).outputs[0].tolist() == [[10.0], [20.0]]
+
+    run_lanes(scenario, engine)
+
+
+def test_heavy_request_runs_in_chunks_and_gets_its_rows_in_order() -> None:
+    engine = FakeEngine("e1", [])
+    values = [float(v) for v in range(2 * HEAVY_CHUNK_ROWS + 3)]
+
+    async def scenario(lanes: Lanes, _: FakeHolder) -> None:
+        served = await lanes.submit(Heavy("mc"), rows(*values))
+        assert served.outputs[0][:, 0].tolist() == [10 * v for v in values]
+
+    run_lanes(scenario, engine)
+    assert [len(batch) for _, batch in engine.batches] == [HEAVY_CHUNK_ROWS] * 2 + [3]
+
+
+def test_heavy_request_spanning_a_reload_is_answered_whole_by_the_new_engine() -> None:
+    first = FakeEngine("old", [])
+    gate = threading.Event()
+
+    async def scenario(lanes: Lanes, holder: FakeHolder) -> None:
+        task = asyncio.ensure_future(lanes.submit(Heavy("mc", gate), rows(*range(12))))
+        await until(lambda: first.started == 1)  # the first chunk runs on the old engine
+        holder.current = FakeEngine("new", [])
+        gate.set()
+        served = await task
+        assert set(served.outputs[1].tolist()) == {"new"}
+        assert served.engine is holder.current
+
+    run_lanes(scenario, first)
