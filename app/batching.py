@@ -213,11 +213,14 @@ class Lanes:
     in one lane, everything else in the other, so a cheap request never waits behind a
     heavy one. On the CPU the heavy lane runs on one intra-op thread (see main.py): the
     other core stays with the cheap lane and the event loop. The heavy batcher's max_size
-    must be HEAVY_CHUNK_ROWS, so that chunks are not gathered back into one batch."""
+    must be `chunk_rows`, so that chunks are not gathered back into one batch."""
 
-    def __init__(self, cheap: DynamicBatcher, heavy: DynamicBatcher) -> None:
+    def __init__(
+        self, cheap: DynamicBatcher, heavy: DynamicBatcher, chunk_rows: int = HEAVY_CHUNK_ROWS
+    ) -> None:
         self.cheap = cheap
         self.heavy = heavy
+        self.chunk_rows = chunk_rows
 
     @property
     def queued_images(self) -> int:
@@ -233,10 +236,13 @@ class Lanes:
     async def submit(self, job: Job, inputs: np.ndarray) -> Served:
         if not job.heavy:
             return await self.cheap.submit(job, inputs)
-        starts = range(0, len(inputs), HEAVY_CHUNK_ROWS)
+        chunk = self.chunk_rows
         while True:
             parts = await asyncio.gather(
-                *(self.heavy.submit(job, inputs[i : i + HEAVY_CHUNK_ROWS]) for i in starts)
+                *(
+                    self.heavy.submit(job, inputs[i : i + chunk])
+                    for i in range(0, len(inputs), chunk)
+                )
             )
             engine = parts[0].engine
             if all(part.engine is engine for part in parts):

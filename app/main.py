@@ -90,9 +90,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
             max_running=max_running,
         )
 
+    chunk_rows = min(HEAVY_CHUNK_ROWS, settings.batch_max_size)
     batcher = Lanes(
         cheap=lane(executor, settings.model_instances, settings.batch_max_size),
-        heavy=lane(heavy_executor, 1, HEAVY_CHUNK_ROWS),
+        heavy=lane(heavy_executor, 1, chunk_rows),
+        chunk_rows=chunk_rows,
     )
     metrics.queued_images.set_function(lambda: batcher.queued_images)
     batcher.start()
