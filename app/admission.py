@@ -84,6 +84,17 @@ class AdmissionMiddleware:
                 # the rest of the body may still be on its way: not worth reading
                 [(b"connection", b"close")],
             )
+        except asyncio.CancelledError:
+            # uvicorn cancels the requests still running when its graceful shutdown ends,
+            # and would answer them 500: this is overload, not a fault.
+            if not started:
+                await send_json(
+                    send,
+                    status.HTTP_503_SERVICE_UNAVAILABLE,
+                    "the service shut down before this request was done; retry it",
+                    [(b"retry-after", RETRY_AFTER_SECONDS.encode()), (b"connection", b"close")],
+                )
+            raise
         finally:
             self.in_progress -= not exempt
 
