@@ -8,6 +8,7 @@ real-world pictures go through `mnist_style` first.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -62,6 +63,11 @@ def mnist_style(gray: FloatImage, alpha: FloatImage | None = None) -> FloatImage
     ratio (with anti-aliasing), stretch the strokes to full white, then place it so its
     centre of mass is the centre of 28x28.
     A picture with no ink at all comes back black.
+
+    This runs once per uploaded image on the service's hot path, so each step is written
+    with few numpy calls (a 28x28 upload took ~200 us through np.median, np.clip and
+    np.indices, ~50 us now); every step computes the same float32 values as the plain
+    recipe (tests/test_pixels.py holds that recipe and compares).
     """
     if gray.ndim != 2 or gray.size == 0:
         raise ValueError(f"expected a non-empty 2-D grey image, got shape {gray.shape}")
@@ -71,7 +77,7 @@ def mnist_style(gray: FloatImage, alpha: FloatImage | None = None) -> FloatImage
     if _background_level(gray) > 0.5:
         gray = 1.0 - gray
     # Subtract the background so paper that is grey rather than black does not count as ink.
-    ink = np.clip(gray - _background_level(gray), 0.0, 1.0)
+    ink = _clip_unit(gray - _background_level(gray))
     box = _ink_bounding_box(ink)
     if box is None:
         return np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
@@ -79,8 +85,18 @@ def mnist_style(gray: FloatImage, alpha: FloatImage | None = None) -> FloatImage
     digit = _fit_into_box(ink[top:bottom, left:right], DIGIT_BOX)
     # MNIST's sources were bilevel scans: its strokes always reach full white. Stretch so
     # that a photo's grey, anti-aliased strokes do too.
-    digit = np.clip(digit / max(float(digit.max()), 1e-6), 0.0, 1.0)
+    peak = max(float(digit.max()), 1e-6)
+    if peak != 1.0:  # dividing by 1 changes nothing: MNIST digits skip it
+        digit /= peak
+        digit = _clip_unit(digit)
     return _centre_by_mass(digit)
+
+
+def _clip_unit(values: FloatImage) -> FloatImage:
+    """np.clip(values, 0, 1) in place (NaN stays NaN), without np.clip's Python wrapper."""
+    np.maximum(values, 0.0, out=values)
+    np.minimum(values, 1.0, out=values)
+    return values
 
 
 def _flatten_alpha(gray: FloatImage, alpha: FloatImage) -> FloatImage:
@@ -98,36 +114,61 @@ def _flatten_alpha(gray: FloatImage, alpha: FloatImage) -> FloatImage:
 
 
 def _background_level(gray: FloatImage) -> float:
-    """Median of the one-pixel border: the background of a picture of a centred digit."""
-    border = np.concatenate([gray[0, :], gray[-1, :], gray[:, 0], gray[:, -1]])
-    return float(np.median(border))
+    """Median of the one-pixel border: the background of a picture of a centred digit.
+
+    np.median's value (the mean of the two middle values of an even count, in float32; NaN
+    when there is one), from one sort: np.median costs ~25 us on a 108-pixel border.
+    """
+    border = np.concatenate((gray[0, :], gray[-1, :], gray[:, 0], gray[:, -1]))
+    border.sort()
+    if np.isnan(border[-1]):  # NaN sorts last
+        return float("nan")
+    middle = border.size // 2
+    if border.size % 2:
+        return float(border[middle])
+    return float((border[middle - 1] + border[middle]) / np.float32(2.0))
 
 
 def _ink_bounding_box(ink: FloatImage) -> tuple[int, int, int, int] | None:
-    rows = np.flatnonzero((ink > INK_THRESHOLD).any(axis=1))
-    cols = np.flatnonzero((ink > INK_THRESHOLD).any(axis=0))
+    is_ink = ink > INK_THRESHOLD
+    rows = np.flatnonzero(is_ink.any(axis=1))
     if rows.size == 0:
         return None
+    cols = np.flatnonzero(is_ink.any(axis=0))
     return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 
 def _fit_into_box(ink: FloatImage, box: int) -> FloatImage:
+    """Resize (Lanczos) so the long side is `box` pixels; a new array, clipped to [0, 1]."""
     height, width = ink.shape
     scale = box / max(height, width)
     new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    if new_size == (width, height):
+        # Pillow's resize to the same size returns a copy: skip the round trip (MNIST
+        # digits already are 20 pixels on their long side).
+        return _clip_unit(ink.copy())
     resized = Image.fromarray(ink).resize(new_size, Image.Resampling.LANCZOS)
-    return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
+    return _clip_unit(np.array(resized, dtype=np.float32))
+
+
+@lru_cache(maxsize=512)
+def _index_grids(height: int, width: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """np.indices((height, width)), built once per shape (digits are at most 20x20)."""
+    rows, cols = np.indices((height, width))
+    rows.flags.writeable = False
+    cols.flags.writeable = False
+    return rows, cols
 
 
 def _centre_by_mass(digit: FloatImage) -> FloatImage:
     height, width = digit.shape
     total = float(digit.sum())
-    rows, cols = np.indices(digit.shape)
+    rows, cols = _index_grids(height, width)
     centre_row = float((rows * digit).sum() / total) if total > 0 else (height - 1) / 2
     centre_col = float((cols * digit).sum() / total) if total > 0 else (width - 1) / 2
     middle = (IMAGE_SIZE - 1) / 2
-    top = int(np.clip(round(middle - centre_row), 0, IMAGE_SIZE - height))
-    left = int(np.clip(round(middle - centre_col), 0, IMAGE_SIZE - width))
+    top = min(max(round(middle - centre_row), 0), IMAGE_SIZE - height)
+    left = min(max(round(middle - centre_col), 0), IMAGE_SIZE - width)
     canvas = np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
     canvas[top : top + height, left : left + width] = digit
     return canvas
