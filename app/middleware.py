@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import re
+import secrets
 import time
-import uuid
+from typing import Any
 
 from fastapi import status
 from starlette.datastructures import Headers, MutableHeaders
@@ -17,6 +19,10 @@ from app.metrics import ServiceMetrics
 
 access_logger = logging.getLogger("app.access")
 REQUEST_ID_HEADER = "X-Request-ID"
+_REQUEST_ID_KEY = REQUEST_ID_HEADER.lower().encode()  # ASGI header names are lower-case bytes
+# Generated request IDs: 16 random hex digits per process (workers differ), then a counter.
+_ID_PREFIX = secrets.token_hex(8)
+_id_counter = itertools.count()
 # Echo a caller's request ID only when it is short and plain, so logs cannot be forged.
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -68,13 +74,14 @@ class RequestContextMiddleware:
     def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
         self.app = app
         self.metrics = metrics
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = Headers(scope=scope).get(REQUEST_ID_HEADER, "")
-        request_id = incoming if _SAFE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        incoming = _header(scope, _REQUEST_ID_KEY)
+        request_id = incoming if _SAFE_REQUEST_ID.match(incoming) else _new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
         started = time.perf_counter()
         status_code = 500
@@ -83,7 +90,11 @@ class RequestContextMiddleware:
             nonlocal status_code
             if message["type"] == "http.response.start":
                 status_code = message["status"]
-                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
+                headers = message.get("headers")
+                if isinstance(headers, list):  # what Starlette's responses send: append
+                    headers.append((_REQUEST_ID_KEY, request_id.encode("latin-1")))
+                else:
+                    MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
             await send(message)
 
         try:
@@ -95,8 +106,20 @@ class RequestContextMiddleware:
         route = scope.get("route")
         template = getattr(route, "path", None) or "unmatched"
         method = scope["method"]
-        self.metrics.requests.labels(template, method, str(status_code)).inc()
-        self.metrics.latency.labels(template, method).observe(seconds)
+        # prometheus_client's .labels() validates and looks up on every call (~5 us for
+        # two metrics); the children are kept per label values (bounded: routes x methods
+        # x status codes).
+        key = (template, method, status_code)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self.metrics.requests.labels(template, method, str(status_code)),
+                self.metrics.latency.labels(template, method),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
+        if not access_logger.isEnabledFor(logging.INFO):  # VAE_LOG_LEVEL=warning and above
+            return
         client = scope.get("client")
         access_logger.info(
             "%s %s %d %.1fms",
@@ -114,6 +137,20 @@ class RequestContextMiddleware:
                 "client": f"{client[0]}:{client[1]}" if client else None,
             },
         )
+
+
+def _header(scope: Scope, key: bytes) -> str:
+    """One request header's value ('' when absent), without building a Headers object."""
+    for name, value in scope["headers"]:
+        if name == key:
+            return str(value.decode("latin-1"))
+    return ""
+
+
+def _new_request_id() -> str:
+    """32 hex digits, unique: a random prefix per process and a counter (uuid4().hex took
+    ~2 us a request, this ~0.2 us)."""
+    return f"{_ID_PREFIX}{next(_id_counter):016x}"
 
 
 async def _send_json(send: Send, status_code: int, detail: str) -> None:
