@@ -10,6 +10,7 @@ the loss is computed differs:
   (`training.data.iterate_batches`), BCE on logits (`training.train.train_one_epoch`).
 
     python -m benchmarks.train_speed --data-root ../shared/data [--epochs 1] [--threads 2]
+        [--device cuda]
 """
 
 from __future__ import annotations
@@ -26,17 +27,21 @@ from torch.utils.data import DataLoader, Subset
 from training.data import iterate_batches, load_mnist
 from training.model import VAE, ModelConfig, build_model
 from training.train import train_one_epoch
+from vae_common.devices import resolve_device
 
 BATCH_SIZE = 128
 TRAIN_IMAGES = 55_000
 
 
-def reference_epoch(model: VAE, loader: DataLoader[tuple[torch.Tensor, int]]) -> float:
+def reference_epoch(
+    model: VAE, loader: DataLoader[tuple[torch.Tensor, int]], device: torch.device
+) -> float:
     """The reference example's train(): sigmoid outputs and summed BCE, per-sample loading."""
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     model.train()
     started = time.perf_counter()
-    for data, _ in loader:
+    for batch, _ in loader:
+        data = batch.to(device)
         optimizer.zero_grad()
         logits, mu, logvar = model(data)
         recon = torch.sigmoid(logits)
@@ -45,6 +50,7 @@ def reference_epoch(model: VAE, loader: DataLoader[tuple[torch.Tensor, int]]) ->
         loss = bce + kld
         loss.backward()
         optimizer.step()
+    synchronize(device)
     return time.perf_counter() - started
 
 
@@ -53,9 +59,16 @@ def our_epoch(model: VAE, images: torch.Tensor, seed: int) -> float:
     scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
     generator = torch.Generator().manual_seed(seed)
     started = time.perf_counter()
-    batches = iterate_batches(images, BATCH_SIZE, torch.device("cpu"), generator)
+    batches = iterate_batches(images, BATCH_SIZE, images.device, generator)
     train_one_epoch(model, batches, optimizer, scheduler, 0, 0, 1.0)
+    synchronize(images.device)
     return time.perf_counter() - started
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so an epoch's time includes it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def main() -> None:
@@ -64,25 +77,27 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1, help="epochs timed on each side")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (benchmarks/gpu.sh)")
     args = parser.parse_args()
+    device = resolve_device(args.device, "--device")
     torch.set_num_threads(args.threads)
 
     from torchvision import datasets, transforms
 
     torch.manual_seed(args.seed)
-    initial = build_model(ModelConfig(arch="mlp", latent_dim=20))
+    initial = build_model(ModelConfig(arch="mlp", latent_dim=20)).to(device)
     dataset = datasets.MNIST(str(args.data_root), train=True, transform=transforms.ToTensor())
     loader = DataLoader(Subset(dataset, range(TRAIN_IMAGES)), batch_size=BATCH_SIZE, shuffle=True)
-    images = load_mnist(args.data_root, val_size=60_000 - TRAIN_IMAGES).train
+    images = load_mnist(args.data_root, val_size=60_000 - TRAIN_IMAGES).train.to(device)
 
     reference_times, our_times = [], []
     for epoch in range(args.epochs):
-        reference_times.append(reference_epoch(copy.deepcopy(initial), loader))
+        reference_times.append(reference_epoch(copy.deepcopy(initial), loader, device))
         our_times.append(our_epoch(copy.deepcopy(initial), images, args.seed + epoch))
     reference, ours = min(reference_times), min(our_times)
     print(
         f"MLP VAE, one epoch over {TRAIN_IMAGES} images, batch {BATCH_SIZE}, "
-        f"{torch.get_num_threads()} torch threads, best of {args.epochs}\n"
+        f"{device}, {torch.get_num_threads()} torch threads, best of {args.epochs}\n"
     )
     print("| data path | seconds / epoch | images / s |")
     print("|---|---|---|")

@@ -122,6 +122,13 @@ SCENARIOS: dict[str, Scenario] = {
             default=False,
         ),
         Scenario(
+            "anomaly-256",
+            "POST /anomaly-score, 256 PNGs per request (the service needs VAE_MAX_BATCH=256)",
+            anomaly_uploads(256),
+            min_warmup_s=6.0,
+            default=False,
+        ),
+        Scenario(
             "reconstruct-1",
             "POST /reconstruct, one PNG (multipart `file`), default preprocessing",
             reconstruct_upload(),
