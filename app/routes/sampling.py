@@ -4,14 +4,13 @@ import math
 import secrets
 
 import numpy as np
-import torch
 from fastapi import APIRouter, Body, Response
 from starlette.concurrency import run_in_threadpool
 
 from app.deps import ServicesDep
 from app.jobs import SampleJob
 from app.schemas import ErrorResponse, SampleRequest
-from vae_common.grid import make_grid, png_bytes
+from vae_common.grid import uint8_grid, uint8_png
 
 router = APIRouter(tags=["sampling"])
 
@@ -51,4 +50,4 @@ async def sample(services: ServicesDep, body: SampleRequest | None = Body(None))
 
 def grid_png(digits: np.ndarray, nrow: int) -> bytes:
     """(n, 1, 28, 28) in [0, 1] -> one PNG grid, `nrow` digits per row."""
-    return png_bytes(make_grid(torch.from_numpy(digits), nrow=nrow))
+    return uint8_png(uint8_grid(digits, nrow=nrow))
