@@ -1,12 +1,10 @@
 from __future__ import annotations
 
-from typing import Annotated
-
 import numpy as np
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from app.deps import ServicesDep
+from app.deps import get_services
 from app.errors import MODEL_ROUTE_ERRORS
 from app.jobs import ReconstructJob
 from app.multipart import openapi_form
@@ -17,6 +15,7 @@ from vae_common.grid import uint8_grid, uint8_png
 from vae_common.pixels import IMAGE_SIZE
 
 router = APIRouter(tags=["reconstruction"])
+_reconstruct_options = query_options(ReconstructOptions)
 # A 28x28 or 56x28 PNG (x2) encodes in tens of microseconds: less than a hand-off to the
 # thread pool costs. Larger scales are encoded there.
 INLINE_PNG_MAX_SCALE = 2
@@ -51,12 +50,11 @@ _REQUEST_BODY = {
         **MODEL_ROUTE_ERRORS,
     },
 )
-async def reconstruct(
-    request: Request,
-    options: Annotated[ReconstructOptions, Depends(query_options(ReconstructOptions))],
-    services: ServicesDep,
-) -> Response:
+async def reconstruct(request: Request) -> Response:
     """Encode an uploaded digit and decode it again."""
+    # Not FastAPI dependencies, for speed: see app/routes/scoring.py.
+    options = await _reconstruct_options(request)
+    services = await get_services(request)
     pixels = await read_image(request, "file", options.preprocess, services.settings)
     served = await services.batcher.submit(ReconstructJob(), pixels)
     services.metrics.images.labels("reconstruct").inc()
