@@ -117,7 +117,16 @@ class CudaExecution(Execution):
 
     def after_warm_up(self) -> None:
         # Warm-up has run every bucket: kernels are loaded and the caching allocator holds
-        # each bucket's memory. CUDA graphs per bucket would be captured here.
+        # each bucket's memory.
+        # TODO(cuda-graphs): capture one torch.cuda.CUDAGraph per (forward, bucket) here and
+        # replay it in Engine.run. Not done: it has never run on a GPU (none was available),
+        # and it is only safe when (1) each captured forward is a pure function of its
+        # static input buffer (Monte Carlo scores draw noise inside the model: capture them
+        # with a graph-safe generator or leave them uncaptured), (2) every model instance
+        # thread has its own graphs and static buffers, (3) a reloaded engine captures anew,
+        # and (4) outputs are copied out of the static buffers before the next replay.
+        # Measure first with benchmarks/gpu.sh: at ~1 ms per batch, launch overhead may not
+        # be what limits the service.
         torch.cuda.synchronize(self.device)
 
 
