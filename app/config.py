@@ -44,8 +44,11 @@ class Settings(BaseSettings):
     batch_queue_images: int = Field(
         4096, ge=1, description="images waiting for the model before requests get 503"
     )
+    # 1: on the shared 2-core box a 2-thread OpenMP team spun while its partner waited for
+    # a core: /sample n=64 one client p50 91-135 ms with 2, 11-19 ms with 1; 64-PNG scoring
+    # 20.6 vs 24.1 CPU ms/request (serve_load side by side, 2026-11-28, twice).
     torch_threads: int = Field(
-        0, ge=0, description="intra-op CPU threads; 0 keeps torch's default (all cores)"
+        1, ge=0, description="intra-op CPU threads; 0 keeps torch's default (all cores)"
     )
     model_instances: int = Field(
         1,
