@@ -16,6 +16,7 @@ from app.errors import PayloadTooLargeError
 from app.metrics import ServiceMetrics
 
 access_logger = logging.getLogger("app.access")
+error_logger = logging.getLogger("app.errors")
 REQUEST_ID_HEADER = "X-Request-ID"
 # Echo a caller's request ID only when it is short and plain, so logs cannot be forged.
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -78,16 +79,30 @@ class RequestContextMiddleware:
         scope.setdefault("state", {})["request_id"] = request_id
         started = time.perf_counter()
         status_code = 500
+        response_started = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status_code
+            nonlocal status_code, response_started
             if message["type"] == "http.response.start":
                 status_code = message["status"]
+                response_started = True
                 MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            # Answered here rather than by an exception handler: Starlette runs those in its
+            # outermost middleware, outside this one, so their 500 carried no request ID.
+            error_logger.exception("unhandled error in request %s", request_id)
+            if response_started:
+                raise  # half a reply is out: the server can only close the connection
+            await _send_json(
+                send_with_id,
+                status.HTTP_500_INTERNAL_SERVER_ERROR,
+                f"internal error; quote request ID {request_id} when reporting it",
+                keep_alive=True,
+            )
         finally:
             self._record(scope, request_id, status_code, time.perf_counter() - started)
 
@@ -116,17 +131,13 @@ class RequestContextMiddleware:
         )
 
 
-async def _send_json(send: Send, status_code: int, detail: str) -> None:
+async def _send_json(send: Send, status_code: int, detail: str, keep_alive: bool = False) -> None:
     body = json.dumps({"detail": detail}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status_code,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
-    )
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if not keep_alive:  # the body was not read: the connection cannot carry another request
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status_code, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -20,18 +20,21 @@ class SampleRequest(BaseModel):
         json_schema_extra={"examples": [{"n": 16, "seed": 7, "temperature": 0.8}]},
     )
 
-    n: int = Field(64, ge=1, le=256, description="digits to draw")
+    # strict: JSON true/false are no counts or seeds (lax pydantic took {"seed": false} as 0),
+    # nor is "7"; a float temperature may still be written as an integer.
+    n: int = Field(64, ge=1, le=256, strict=True, description="digits to draw")
     nrow: int | None = Field(
-        None, ge=1, le=256, description="digits per grid row; default ceil(sqrt(n))"
+        None, ge=1, le=256, strict=True, description="digits per grid row; default ceil(sqrt(n))"
     )
     seed: int | None = Field(
         None,
         ge=0,
+        strict=True,
         le=2**63 - 1,
         description="same seed and model give a byte-identical PNG; random when omitted",
     )
     temperature: float = Field(
-        1.0, gt=0.0, le=2.0, description="scales the prior's standard deviation"
+        1.0, gt=0.0, le=2.0, strict=True, description="scales the prior's standard deviation"
     )
 
 

@@ -176,14 +176,24 @@ def test_anomaly_score_rejects_malformed_json(
     assert fragment in response.json()["detail"]
 
 
-@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
-def test_anomaly_score_rejects_nan_and_infinity(client: TestClient, literal: str) -> None:
+@pytest.mark.parametrize(
+    ("literal", "fragment"),
+    [
+        ("NaN", "not valid JSON"),  # not JSON at all: orjson refuses the literal
+        ("Infinity", "not valid JSON"),
+        ("1e400", "infinity"),  # valid JSON, but no double holds it
+        ("-1e400", "infinity"),
+    ],
+)
+def test_anomaly_score_rejects_nan_and_infinity(
+    client: TestClient, literal: str, fragment: str
+) -> None:
     row = ", ".join(["0.0"] * 783 + [literal])
     body = '{"pixels": [[' + row + "]]}"
     response = client.post(
         "/anomaly-score", content=body, headers={"content-type": "application/json"}
     )
-    assert_error(response, 422, "NaN or infinity")
+    assert_error(response, 422, fragment)
 
 
 def test_anomaly_score_rejects_invalid_json(client: TestClient) -> None:
@@ -290,3 +300,41 @@ def test_k_above_the_configured_limit_is_422(make_app: Callable[..., FastAPI]) -
     assert_error(response, 422, "at most 32", "VAE_MAX_IWAE_K")
     assert allowed.status_code == 200
     assert allowed.json()["k"] == 32
+
+
+AUTH_KEY = "s3cret-key"
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({"Authorization": f"Bearer {AUTH_KEY}"}, 200),
+        ({"X-API-Key": AUTH_KEY}, 200),
+        ({"Authorization": f"Bearer {AUTH_KEY}", "X-API-Key": AUTH_KEY}, 200),
+        ({"Authorization": "Bearer wrong", "X-API-Key": AUTH_KEY}, 401),
+        ({"Authorization": f"Bearer {AUTH_KEY}", "X-API-Key": "wrong"}, 401),
+        ({}, 401),
+    ],
+)
+def test_every_api_key_offered_must_be_right(
+    make_app: Callable[..., FastAPI], headers: dict[str, str], status: int
+) -> None:
+    with TestClient(make_app(api_key=AUTH_KEY)) as secured:
+        response = secured.post("/sample", json={"n": 1, "seed": 1}, headers=headers)
+    assert response.status_code == status, response.text
+
+
+@pytest.mark.parametrize(
+    "body", [{"seed": False}, {"n": True}, {"nrow": True}, {"temperature": True}, {"n": "4"}]
+)
+def test_sample_refuses_booleans_and_strings_for_numbers(
+    client: TestClient, body: dict[str, object]
+) -> None:
+    response = client.post("/sample", json=body)
+    assert_error(response, 422, "body.")
+
+
+@pytest.mark.parametrize("body", [b"{", b"\xff\xfe", b"[" * 5000 + b"]" * 5000, b'{"n": 1'])
+def test_sample_answers_malformed_json_with_422(client: TestClient, body: bytes) -> None:
+    response = client.post("/sample", content=body, headers={"content-type": "application/json"})
+    assert_error(response, 422, "not valid JSON")
