@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import numpy as np
@@ -19,7 +20,13 @@ from starlette.requests import Request
 
 from app.config import Settings
 from app.errors import InvalidInputError, UnsupportedMediaTypeError, describe_validation_errors
-from app.imaging import Preprocess, image_bytes_to_pixels, is_small_png, pixels_to_array
+from app.imaging import (
+    DecodeLimits,
+    Preprocess,
+    image_bytes_to_pixels,
+    is_small_png,
+    pixels_to_array,
+)
 from app.multipart import MultipartError, Part, TooManyPartsError, read_parts
 from app.schemas import SampleRequest
 
@@ -49,7 +56,7 @@ async def read_images(request: Request, preprocess: Preprocess, settings: Settin
             "with one or more 'files', or application/json with 'images' or 'pixels'"
         )
     label = "files" if content_type == "multipart/form-data" else "images"
-    return await decode_uploads(payloads, preprocess, settings.max_image_pixels, label)
+    return await decode_uploads(payloads, preprocess, decode_limits(settings), label)
 
 
 async def read_image(
@@ -72,25 +79,36 @@ async def read_named_images(
         )
     parts = await _form_parts(request, len(fields), "")
     payloads = [_files_in(parts, field, 1, "")[0] for field in fields]
+    limits = decode_limits(settings)
     if len(fields) == 1:
-        return await decode_uploads(payloads, preprocess, settings.max_image_pixels, fields[0])
-    # One by one, so that an error names the field ("end[0]: not an image ...").
+        return await decode_uploads(payloads, preprocess, limits, fields[0])
+    # One by one, so that an error names the field ("end[0]: not an image ..."); each gets
+    # its share of the request's decode budget.
+    share = replace(limits, max_request_pixels=limits.max_request_pixels // len(fields))
     digits = [
-        await decode_uploads([data], preprocess, settings.max_image_pixels, field)
+        await decode_uploads([data], preprocess, share, field)
         for data, field in zip(payloads, fields, strict=True)
     ]
     return np.concatenate(digits)
 
 
+def decode_limits(settings: Settings) -> DecodeLimits:
+    return DecodeLimits(
+        max_image_pixels=settings.max_image_pixels,
+        max_request_pixels=settings.max_request_pixels,
+        max_aspect_ratio=settings.max_image_aspect_ratio,
+    )
+
+
 async def decode_uploads(
-    payloads: list[bytes], preprocess: Preprocess, max_pixels: int, label: str
+    payloads: list[bytes], preprocess: Preprocess, limits: DecodeLimits, label: str
 ) -> np.ndarray:
     """Image files -> (B, 28, 28) pixels; inline when tiny, else in the thread pool."""
     if len(payloads) <= INLINE_DECODE_MAX_IMAGES and all(
         is_small_png(data, INLINE_DECODE_MAX_SIDE) for data in payloads
     ):
-        return image_bytes_to_pixels(payloads, preprocess, max_pixels, label)
-    return await run_in_threadpool(image_bytes_to_pixels, payloads, preprocess, max_pixels, label)
+        return image_bytes_to_pixels(payloads, preprocess, limits, label)
+    return await run_in_threadpool(image_bytes_to_pixels, payloads, preprocess, limits, label)
 
 
 def media_type(request: Request) -> str:

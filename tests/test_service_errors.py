@@ -302,6 +302,17 @@ def test_k_above_the_configured_limit_is_422(make_app: Callable[..., FastAPI]) -
     assert allowed.json()["k"] == 32
 
 
+def test_k_times_images_above_the_limit_is_422(make_app: Callable[..., FastAPI]) -> None:
+    pixels = {"pixels": [[0.0] * 784] * 4}
+    with TestClient(make_app(max_request_decodes=64)) as limited:
+        refused = limited.post("/anomaly-score?score=iwae_nll&k=17", json=pixels)
+        allowed = limited.post("/anomaly-score?score=iwae_nll&k=16", json=pixels)
+        deterministic = limited.post("/anomaly-score?score=reconstruction", json=pixels)
+    assert_error(refused, 422, "17 x 4 = 68", "VAE_MAX_REQUEST_DECODES", "at most 16")
+    assert allowed.status_code == 200 and allowed.json()["k"] == 16
+    assert deterministic.status_code == 200
+
+
 AUTH_KEY = "s3cret-key"
 
 

@@ -41,7 +41,15 @@ async def anomaly_score(
     """Score how unlike MNIST digits the images are; results keep the order of the inputs."""
     pixels = await read_images(request, options.preprocess, services.settings)
     score = options.score.value if options.score else None
-    job = ScoreJob.for_request(score, options.k, services.engine, services.settings.max_iwae_k)
+    settings = services.settings
+    job = ScoreJob.for_request(
+        score,
+        options.k,
+        services.engine,
+        settings.max_iwae_k,
+        images=len(pixels),
+        max_decodes=settings.max_request_decodes,
+    )
     served = await services.batcher.submit(job, pixels)
     services.metrics.images.labels("anomaly-score").inc(len(pixels))
     # Already validated on construction: serialise once, without FastAPI validating it again.
