@@ -7,6 +7,7 @@ or keep its decoding cheap.
 
 from __future__ import annotations
 
+import functools
 import io
 import struct
 import zlib
@@ -18,13 +19,17 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
+@functools.lru_cache(maxsize=32)
 def blank_png(width: int, height: int) -> bytes:
     """An all-black 8-bit greyscale PNG of any size, written without Pillow allocating it:
     zlib squeezes the zero rows ~1000:1 (5000x5000 -> ~25 KB)."""
     row = b"\x00" * (width + 1)  # filter byte 0, then the pixels
+    rows_per_block = max(1, (1 << 20) // len(row))  # compress ~1 MB of rows per call
+    full_blocks, rest = divmod(height, rows_per_block)
     compressor = zlib.compressobj(9)
-    parts = [compressor.compress(row) for _ in range(height)]
-    parts.append(compressor.flush())
+    block = row * rows_per_block
+    parts = [compressor.compress(block) for _ in range(full_blocks)]
+    parts += [compressor.compress(row * rest), compressor.flush()]
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     return (
         b"\x89PNG\r\n\x1a\n"
@@ -32,6 +37,13 @@ def blank_png(width: int, height: int) -> bytes:
         + _png_chunk(b"IDAT", b"".join(parts))
         + _png_chunk(b"IEND", b"")
     )
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A PNG header declaring width x height over a few rows of data: what a decoder sees
+    first, for limits that must refuse a file before decoding it."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + blank_png(1, 1)[33:]
 
 
 def encoded(width: int, height: int, fmt: str, mode: str = "L", **options: object) -> bytes:
