@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -20,22 +20,28 @@ class SampleRequest(BaseModel):
         json_schema_extra={"examples": [{"n": 16, "seed": 7, "temperature": 0.8}]},
     )
 
-    # strict: JSON true/false are no counts or seeds (lax pydantic took {"seed": false} as 0),
-    # nor is "7"; a float temperature may still be written as an integer.
-    n: int = Field(64, ge=1, le=256, strict=True, description="digits to draw")
+    n: int = Field(64, ge=1, le=256, description="digits to draw")
     nrow: int | None = Field(
-        None, ge=1, le=256, strict=True, description="digits per grid row; default ceil(sqrt(n))"
+        None, ge=1, le=256, description="digits per grid row; default ceil(sqrt(n))"
     )
     seed: int | None = Field(
         None,
         ge=0,
-        strict=True,
         le=2**63 - 1,
         description="same seed and model give a byte-identical PNG; random when omitted",
     )
     temperature: float = Field(
-        1.0, gt=0.0, le=2.0, strict=True, description="scales the prior's standard deviation"
+        1.0, gt=0.0, le=2.0, description="scales the prior's standard deviation"
     )
+
+    @field_validator("n", "nrow", "seed", "temperature", mode="before")
+    @classmethod
+    def _numbers_only(cls, value: object) -> object:
+        # JSON true/false and strings are no counts or seeds (lax pydantic took
+        # {"seed": false} as 0 and "7" as 7); 7.0 stays a valid integer, as in JSON Schema.
+        if isinstance(value, bool | str):
+            raise ValueError(f"expected a number, got {type(value).__name__}")
+        return value
 
 
 class ScoreName(StrEnum):
@@ -87,6 +93,11 @@ class AnomalyOptions(BaseModel):
         return self
 
 
+PixelRow = Annotated[
+    list[Annotated[float, Field(ge=0.0, le=1.0)]], Field(min_length=784, max_length=784)
+]
+
+
 class AnomalyJsonBody(BaseModel):
     """Exactly one of `images` (base64-encoded files) or `pixels` (784 floats each)."""
 
@@ -100,10 +111,15 @@ class AnomalyJsonBody(BaseModel):
         },
     )
 
-    images: list[str] | None = Field(None, min_length=1, description="base64 image files")
-    pixels: list[list[float]] | None = Field(
+    # Documentation only: app.uploads checks bodies by hand (counts and shapes first).
+    # max_length is VAE_MAX_BATCH's default.
+    images: list[str] | None = Field(
+        None, min_length=1, max_length=64, description="base64 image files"
+    )
+    pixels: list[PixelRow] | None = Field(
         None,
         min_length=1,
+        max_length=64,
         description="row-major 28x28 images, floats in [0, 1], white digit on black",
     )
 

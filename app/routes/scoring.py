@@ -21,7 +21,15 @@ router = APIRouter(tags=["scoring"])
 _REQUEST_BODY: dict[str, Any] = {
     "required": True,
     "content": {
-        **openapi_form("files", {"type": "array", "items": {"type": "string", "format": "binary"}}),
+        **openapi_form(
+            "files",
+            {
+                "type": "array",
+                "items": {"type": "string", "format": "binary"},
+                "minItems": 1,
+                "maxItems": 64,  # VAE_MAX_BATCH's default
+            },
+        ),
         "application/json": {"schema": AnomalyJsonBody.model_json_schema()},
     },
 }
