@@ -93,6 +93,11 @@ class AnomalyOptions(BaseModel):
         return self
 
 
+# A complete 28x28 PNG of a "1" (116 characters): the example in /docs and the README.
+README_PNG_BASE64 = (
+    "iVBORw0KGgoAAAANSUhEUgAAABwAAAAcCAAAAABXZoBIAAAAHElEQVR42mNgGGSAEYX3H1WA"
+    "CZ/OUcnhJTnoAADIzgEkQAMnJgAAAABJRU5ErkJggg=="
+)
 PixelRow = Annotated[
     list[Annotated[float, Field(ge=0.0, le=1.0)]], Field(min_length=784, max_length=784)
 ]
@@ -105,7 +110,7 @@ class AnomalyJsonBody(BaseModel):
         extra="forbid",
         json_schema_extra={
             "examples": [
-                {"images": ["iVBORw0KGgoAAAANSUhEUgAAABwAAAAcCAAAAABXZoBIAAAA..."]},
+                {"images": [README_PNG_BASE64]},
                 {"pixels": [[0.0] * 784]},
             ]
         },

@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from app.schemas import README_PNG_BASE64
 from tests.conftest import encode, png_of
 
 
@@ -311,6 +312,12 @@ def test_k_times_images_above_the_limit_is_422(make_app: Callable[..., FastAPI])
     assert_error(refused, 422, "17 x 4 = 68", "VAE_MAX_REQUEST_DECODES", "at most 16")
     assert allowed.status_code == 200 and allowed.json()["k"] == 16
     assert deterministic.status_code == 200
+
+
+def test_the_documented_base64_example_is_scored(client: TestClient) -> None:
+    response = client.post("/anomaly-score", json={"images": [README_PNG_BASE64]})
+    assert response.status_code == 200, response.text
+    assert len(response.json()["results"]) == 1
 
 
 AUTH_KEY = "s3cret-key"

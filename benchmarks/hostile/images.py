@@ -53,14 +53,14 @@ def encoded(width: int, height: int, fmt: str, mode: str = "L", **options: objec
     return buffer.getvalue()
 
 
-def noisy_jpeg(width: int, height: int, quality: int = 95) -> bytes:
+def noisy_jpeg(width: int, height: int, quality: int = 95, progressive: bool = False) -> bytes:
     """A JPEG whose every block carries detail: the most the decoder can be made to do."""
     import numpy as np
 
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (height, width), dtype=np.uint8)
     buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="JPEG", quality=quality)
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=quality, progressive=progressive)
     return buffer.getvalue()
 
 
