@@ -65,7 +65,10 @@ class OpenedImage:
         a JPEG in draft mode; channels because decoding and converting cost per value (a
         25 MP PNG: 89 ms of CPU greyscale, 433 ms RGBA; WEBP, always colour, 330-380 ms)."""
         width, height = self.image.size
-        return width * height * len(self.image.getbands())
+        # Pillow's WEBP decoder always writes 4 bytes a pixel (RGBX or RGBA), and costs so:
+        # 264 ms for a 13 MP RGB one, against 165 ms for a 10 MP RGBA PNG.
+        channels = 4 if self.image.format == "WEBP" else len(self.image.getbands())
+        return width * height * channels
 
 
 # Pillow raises all of these on hostile files, not only OSError (struct.error on short

@@ -252,3 +252,9 @@ def test_a_large_jpeg_is_decoded_at_reduced_scale_and_charged_so() -> None:
     assert opened.original_size == (4000, 4000)
     assert opened.image.size == (500, 500)  # 1/8 scale, still >= WORKING_SIZE
     assert opened.decode_samples == 500 * 500
+
+
+def test_webp_is_charged_four_channels_as_its_decoder_writes_them() -> None:
+    opened = open_image(encode(Image.new("RGB", (64, 64)), "WEBP"), DecodeLimits(), "file")
+    assert isinstance(opened, OpenedImage)
+    assert opened.decode_samples == 64 * 64 * 4

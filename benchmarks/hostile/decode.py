@@ -33,6 +33,7 @@ CASES: list[tuple[str, Callable[[], list[bytes]]]] = [
         lambda: [encoded(5000, 5000, "TIFF", compression="tiff_adobe_deflate")],
     ),
     ("WEBP lossy 3651x3651 RGB", lambda: [encoded(3651, 3651, "WEBP", mode="RGB", quality=80)]),
+    ("WEBP lossy 3162x3162 RGB", lambda: [encoded(3162, 3162, "WEBP", mode="RGB", quality=80)]),
     (
         "WEBP lossless 3651x3651 RGB",
         lambda: [encoded(3651, 3651, "WEBP", mode="RGB", lossless=True)],
