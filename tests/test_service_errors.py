@@ -356,3 +356,21 @@ def test_sample_refuses_booleans_and_strings_for_numbers(
 def test_sample_answers_malformed_json_with_422(client: TestClient, body: bytes) -> None:
     response = client.post("/sample", content=body, headers={"content-type": "application/json"})
     assert_error(response, 422, "not valid JSON")
+
+
+def test_an_unexpected_error_is_a_500_that_carries_the_request_id(
+    make_app: Callable[..., FastAPI],
+) -> None:
+    app = make_app()
+
+    @app.get("/explode")
+    async def explode() -> None:
+        raise RuntimeError("a bug, not the caller's fault")
+
+    with TestClient(app, raise_server_exceptions=True) as test_client:
+        response = test_client.get("/explode", headers={"X-Request-ID": "trace-42"})
+        after = test_client.get("/healthz")
+    assert response.status_code == 500
+    assert response.headers["x-request-id"] == "trace-42"
+    assert "trace-42" in response.json()["detail"]
+    assert after.status_code == 200
