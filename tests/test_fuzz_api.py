@@ -20,11 +20,14 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from app.config import Settings
 from app.main import create_app
 
-EXAMPLES_PER_OPERATION = 100
+EXAMPLES_PER_OPERATION = 50
 OPERATIONS = [
     "POST /anomaly-score",
     "POST /reconstruct",
     "POST /sample",
+    "POST /encode",
+    "POST /decode",
+    "POST /interpolate",
     "GET /healthz",
     "GET /readyz",
     "GET /metrics",
@@ -32,10 +35,17 @@ OPERATIONS = [
 ]
 
 
-# Schema-valid bodies these take that the service must still refuse, and no schema can say
-# so: bytes that are no image (format: binary), base64 of them, k x images over
-# VAE_MAX_REQUEST_DECODES. Every other check stays on for them, negative data included.
-UNDESCRIBABLE_BODIES = {"POST /anomaly-score", "POST /reconstruct"}
+# Schema-valid bodies these take that the service must still refuse, and no static schema
+# can say so: bytes that are no image (format: binary), base64 of them, k x images over
+# VAE_MAX_REQUEST_DECODES, latent vectors whose length is the served model's latent_dim.
+# Every other check stays on for them, negative data included.
+UNDESCRIBABLE_BODIES = {
+    "POST /anomaly-score",
+    "POST /reconstruct",
+    "POST /encode",
+    "POST /decode",
+    "POST /interpolate",
+}
 
 
 @pytest.fixture(scope="module")
