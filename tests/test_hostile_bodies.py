@@ -20,7 +20,7 @@ from benchmarks.hostile.corpus import (
     corpus,
     valid_png_request,
 )
-from tests.live_server import live_server
+from scripts.live_server import live_server
 
 MAX_ERROR_BYTES = 8 * 1024
 CORPUS = corpus()
