@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
@@ -173,7 +174,14 @@ def load_json(raw: bytes) -> Any:
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise InvalidInputError(f"the body is not valid JSON ({exc})") from None
+        error = exc
+    # orjson refuses some of what json reads: NaN, Infinity, 1e400, integers over 64 bits.
+    # Read those with json (guarded) so the validators can name the element and the rule
+    # ("pixels[0] contains NaN or infinity"); only bodies orjson refused pay for this.
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError included
+        raise InvalidInputError(f"the body is not valid JSON ({error})") from None
 
 
 def json_images_or_pixels(raw: bytes, max_batch: int) -> tuple[str, list[Any]]:
