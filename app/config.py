@@ -30,8 +30,29 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         25_000_000, ge=1, description="largest decoded image, width x height (422 above)"
     )
+    # Counted per channel: decoding costs ~3.5-5 ms of CPU per million values on the 2-core
+    # box (PNG, GIF, WEBP, RGBA; JPEG is decoded at 1/8 scale when large), so 40 M keeps one
+    # request's decoding near 200 ms: 40 MP greyscale, 13 MP RGB, 10 MP RGBA.
+    max_request_pixels: int = Field(
+        40_000_000,
+        ge=1,
+        description="pixel values (width x height x channels) decoded for one request, "
+        "all images together (422 above)",
+    )
+    # A digit is at most ~1:4 (a "1"); 20:1 leaves room for a digit on a strip of paper and
+    # refuses shapes such as 1 x 10,000,000 whose 10 M rows cost a second to decode.
+    max_image_aspect_ratio: float = Field(
+        20.0, ge=1.0, description="longest side / shortest side of an upload (422 above)"
+    )
     max_batch: int = Field(64, ge=1, le=4096, description="images per /anomaly-score request")
     max_iwae_k: int = Field(1000, ge=1, le=1000, description="largest k a request may ask for")
+    # 4096 = a full batch of 64 at the default k of iwae_nll (64), or 4 images at k=1000:
+    # ~1.7 s of model time on 2 cores, against 27 s for 64 images at k=1000.
+    max_request_decodes: int = Field(
+        4096,
+        ge=1,
+        description="k x images for Monte Carlo scores in one request (422 above)",
+    )
     batch_max_size: int = Field(
         256, ge=1, description="dynamic batching: most images in one forward pass"
     )

@@ -6,7 +6,6 @@ one handler turns it into its status code. Overload and shutdown come from the b
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from fastapi import FastAPI, Request, status
@@ -16,8 +15,13 @@ from fastapi.responses import JSONResponse
 from app.batching import BatcherClosedError, QueueFullError
 from app.schemas import ErrorResponse
 
-logger = logging.getLogger("app.errors")
 RETRY_AFTER_SECONDS = "1"
+# Error replies stay small whatever the body held: a few problems are enough to fix the
+# request, and a reply that grows with the input (one message per bad pixel) is a way to
+# make the service spend memory and bandwidth (issue 12: a 1 MB body got a 28 MB reply).
+MAX_LISTED_PROBLEMS = 5
+MAX_LOCATION_CHARS = 80
+MAX_DETAIL_CHARS = 2000
 
 
 class ClientError(ValueError):
@@ -51,13 +55,23 @@ MODEL_ROUTE_ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 def describe_validation_errors(errors: Any) -> str:
-    """pydantic's error list -> "query.n: Input should be less than or equal to 256; ..." """
+    """pydantic's error list -> "query.n: Input should be less than or equal to 256; ...",
+    the first MAX_LISTED_PROBLEMS of them and how many more there are."""
+    errors = list(errors)
     parts = []
-    for error in errors:
+    for error in errors[:MAX_LISTED_PROBLEMS]:
         location = ".".join(str(part) for part in error.get("loc", ()) if part != "__root__")
+        location = bounded(location, MAX_LOCATION_CHARS)  # keys come from the caller
         message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
         parts.append(f"{location}: {message}" if location else message)
+    if len(errors) > MAX_LISTED_PROBLEMS:
+        parts.append(f"and {len(errors) - MAX_LISTED_PROBLEMS} more problems")
     return "; ".join(parts) or "invalid request"
+
+
+def bounded(text: str, limit: int = MAX_DETAIL_CHARS) -> str:
+    """`text` cut to `limit` characters, saying so: messages may quote what the caller sent."""
+    return text if len(text) <= limit else f"{text[: limit - 15]}... (truncated)"
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -65,12 +79,12 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse(
             status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
-            content={"detail": describe_validation_errors(exc.errors())},
+            content={"detail": bounded(describe_validation_errors(exc.errors()))},
         )
 
     @app.exception_handler(ClientError)
     async def _client_error(_: Request, exc: ClientError) -> JSONResponse:
-        return JSONResponse(status_code=exc.status_code, content={"detail": str(exc)})
+        return JSONResponse(status_code=exc.status_code, content={"detail": bounded(str(exc))})
 
     @app.exception_handler(QueueFullError)
     async def _overloaded(_: Request, exc: QueueFullError) -> JSONResponse:
@@ -88,11 +102,5 @@ def install_error_handlers(app: FastAPI) -> None:
             headers={"Retry-After": RETRY_AFTER_SECONDS},
         )
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        request_id = getattr(request.state, "request_id", "-")
-        logger.exception("unhandled error in request %s", request_id)
-        return JSONResponse(
-            status_code=status.HTTP_500_INTERNAL_SERVER_ERROR,
-            content={"detail": f"internal error; quote request ID {request_id} when reporting it"},
-        )
+    # Unexpected exceptions are answered by RequestContextMiddleware, which sees them
+    # before Starlette's outermost error middleware and so can add the request ID.

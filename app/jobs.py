@@ -53,15 +53,32 @@ class ScoreJob(Job):
     k: int | None  # Monte Carlo samples; None for deterministic scores
 
     @classmethod
-    def for_request(cls, score: str | None, k: int | None, engine: Engine, max_k: int) -> ScoreJob:
+    def for_request(
+        cls,
+        score: str | None,
+        k: int | None,
+        engine: Engine,
+        max_k: int,
+        images: int = 1,
+        max_decodes: int | None = None,
+    ) -> ScoreJob:
         """The job a request asks for: the model's default score unless it names one; k
-        defaults per score; 422 for a score the model cannot serve or k above VAE_MAX_IWAE_K."""
+        defaults per score; 422 for a score the model cannot serve, k above VAE_MAX_IWAE_K,
+        or k x images above VAE_MAX_REQUEST_DECODES (each sample is one decoder pass per
+        image: the cost of the request, and how long it holds an inference thread)."""
         name = score or engine.default_score
         engine.check_available(name)
         default_k = SCORES[name].default_k
         samples = None if default_k is None else k or min(default_k, max_k)
         if samples is not None and samples > max_k:
             raise InvalidInputError(f"k must be at most {max_k} (VAE_MAX_IWAE_K), got {samples}")
+        if samples is not None and max_decodes is not None and samples * images > max_decodes:
+            raise InvalidInputError(
+                f"k x images = {samples} x {images} = {samples * images}; at most "
+                f"{max_decodes} per request (VAE_MAX_REQUEST_DECODES): lower k "
+                f"(at most {max(max_decodes // images, 1)} for {images} images) or send "
+                "fewer images per request"
+            )
         return cls(name, samples)
 
     @property

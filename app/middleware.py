@@ -18,6 +18,7 @@ from app.errors import PayloadTooLargeError
 from app.metrics import ServiceMetrics
 
 access_logger = logging.getLogger("app.access")
+error_logger = logging.getLogger("app.errors")
 REQUEST_ID_HEADER = "X-Request-ID"
 _REQUEST_ID_KEY = REQUEST_ID_HEADER.lower().encode()  # ASGI header names are lower-case bytes
 # Generated request IDs: 16 random hex digits per process (workers differ), then a counter.
@@ -85,11 +86,13 @@ class RequestContextMiddleware:
         scope.setdefault("state", {})["request_id"] = request_id
         started = time.perf_counter()
         status_code = 500
+        response_started = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status_code
+            nonlocal status_code, response_started
             if message["type"] == "http.response.start":
                 status_code = message["status"]
+                response_started = True
                 headers = message.get("headers")
                 if isinstance(headers, list):  # what Starlette's responses send: append
                     headers.append((_REQUEST_ID_KEY, request_id.encode("latin-1")))
@@ -99,6 +102,18 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            # Answered here rather than by an exception handler: Starlette runs those in its
+            # outermost middleware, outside this one, so their 500 carried no request ID.
+            error_logger.exception("unhandled error in request %s", request_id)
+            if response_started:
+                raise  # half a reply is out: the server can only close the connection
+            await _send_json(
+                send_with_id,
+                status.HTTP_500_INTERNAL_SERVER_ERROR,
+                f"internal error; quote request ID {request_id} when reporting it",
+                keep_alive=True,
+            )
         finally:
             self._record(scope, request_id, status_code, time.perf_counter() - started)
 
@@ -153,17 +168,13 @@ def _new_request_id() -> str:
     return f"{_ID_PREFIX}{next(_id_counter):016x}"
 
 
-async def _send_json(send: Send, status_code: int, detail: str) -> None:
+async def _send_json(send: Send, status_code: int, detail: str, keep_alive: bool = False) -> None:
     body = json.dumps({"detail": detail}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status_code,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
-    )
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if not keep_alive:  # the body was not read: the connection cannot carry another request
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status_code, "headers": headers})
     await send({"type": "http.response.body", "body": body})

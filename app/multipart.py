@@ -13,13 +13,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from python_multipart.exceptions import MultipartParseError
+from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser
 from python_multipart.multipart import parse_options_header as parse_header_options
 from starlette.requests import Request
 
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
+
+# Part headers longer than this are no browser's or client's: refuse them rather than
+# collect megabytes of "header" (the body limit would bound it, but not usefully).
+MAX_PART_HEADER_BYTES = 8 * 1024
 
 
 class MultipartError(ValueError):
@@ -45,12 +49,13 @@ async def read_parts(request: Request, max_parts: int) -> list[Part]:
     """Every part of a multipart/form-data body, in order; MultipartError when malformed."""
     boundary = _boundary(request.headers.get("content-type", ""))
     reader = _PartCollector(max_parts)
-    parser = MultipartParser(boundary, reader.callbacks())
     try:
+        # Inside the try: the constructor itself refuses a boundary over 256 bytes.
+        parser = MultipartParser(boundary, reader.callbacks())
         async for chunk in request.stream():
             parser.write(chunk)
         parser.finalize()
-    except MultipartParseError as exc:
+    except FormParserError as exc:
         raise MultipartError(str(exc) or "malformed body") from None
     if not reader.finished:
         raise MultipartError("the body ends before the closing boundary")
@@ -111,9 +116,15 @@ class _PartCollector:
 
     def _header_field(self, data: bytes, start: int, end: int) -> None:
         self._field += data[start:end]
+        self._check_header_size()
 
     def _header_value(self, data: bytes, start: int, end: int) -> None:
         self._value += data[start:end]
+        self._check_header_size()
+
+    def _check_header_size(self) -> None:
+        if len(self._field) + len(self._value) > MAX_PART_HEADER_BYTES:
+            raise MultipartError(f"a part header is longer than {MAX_PART_HEADER_BYTES} bytes")
 
     def _header_end(self) -> None:
         if bytes(self._field).lower() == b"content-disposition":

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -33,6 +33,15 @@ class SampleRequest(BaseModel):
     temperature: float = Field(
         1.0, gt=0.0, le=2.0, description="scales the prior's standard deviation"
     )
+
+    @field_validator("n", "nrow", "seed", "temperature", mode="before")
+    @classmethod
+    def _numbers_only(cls, value: object) -> object:
+        # JSON true/false and strings are no counts or seeds (lax pydantic took
+        # {"seed": false} as 0 and "7" as 7); 7.0 stays a valid integer, as in JSON Schema.
+        if isinstance(value, bool | str):
+            raise ValueError(f"expected a number, got {type(value).__name__}")
+        return value
 
 
 class ScoreName(StrEnum):
@@ -84,6 +93,16 @@ class AnomalyOptions(BaseModel):
         return self
 
 
+# A complete 28x28 PNG of a "1" (116 characters): the example in /docs and the README.
+README_PNG_BASE64 = (
+    "iVBORw0KGgoAAAANSUhEUgAAABwAAAAcCAAAAABXZoBIAAAAHElEQVR42mNgGGSAEYX3H1WA"
+    "CZ/OUcnhJTnoAADIzgEkQAMnJgAAAABJRU5ErkJggg=="
+)
+PixelRow = Annotated[
+    list[Annotated[float, Field(ge=0.0, le=1.0)]], Field(min_length=784, max_length=784)
+]
+
+
 class AnomalyJsonBody(BaseModel):
     """Exactly one of `images` (base64-encoded files) or `pixels` (784 floats each)."""
 
@@ -91,16 +110,21 @@ class AnomalyJsonBody(BaseModel):
         extra="forbid",
         json_schema_extra={
             "examples": [
-                {"images": ["iVBORw0KGgoAAAANSUhEUgAAABwAAAAcCAAAAABXZoBIAAAA..."]},
+                {"images": [README_PNG_BASE64]},
                 {"pixels": [[0.0] * 784]},
             ]
         },
     )
 
-    images: list[str] | None = Field(None, min_length=1, description="base64 image files")
-    pixels: list[list[float]] | None = Field(
+    # Documentation only: app.uploads checks bodies by hand (counts and shapes first).
+    # max_length is VAE_MAX_BATCH's default.
+    images: list[str] | None = Field(
+        None, min_length=1, max_length=64, description="base64 image files"
+    )
+    pixels: list[PixelRow] | None = Field(
         None,
         min_length=1,
+        max_length=64,
         description="row-major 28x28 images, floats in [0, 1], white digit on black",
     )
 

@@ -18,14 +18,16 @@ async def require_api_key(
     header_key: Annotated[str | None, Depends(header_scheme)],
 ) -> None:
     """No-op when VAE_API_KEY is unset; otherwise a constant-time comparison or 401.
+    Every key offered must be right: a wrong Bearer token next to a right X-API-Key is 401,
+    so a client misconfigured in one place is told so rather than passing by luck, and a
+    proxy that adds one header cannot mask a stale key in the other.
     (`async def` only to stay on the event loop: it does no I/O.)"""
     expected = request.app.state.settings.api_key
     if expected is None:
         return
-    offered = bearer.credentials if bearer is not None else header_key
-    if offered is None or not hmac.compare_digest(
-        offered.encode(), expected.get_secret_value().encode()
-    ):
+    offered = [key for key in (bearer.credentials if bearer else None, header_key) if key]
+    key = expected.get_secret_value().encode()
+    if not offered or not all(hmac.compare_digest(each.encode(), key) for each in offered):
         raise HTTPException(
             status_code=status.HTTP_401_UNAUTHORIZED,
             detail="missing or wrong API key: send 'Authorization: Bearer <key>' or 'X-API-Key'",

@@ -8,9 +8,19 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageOps
 
-from app.imaging import ImageInputError, decode_image, prepare_digit
+from app import imaging
+from app.imaging import (
+    DecodeLimits,
+    ImageInputError,
+    OpenedImage,
+    decode_image,
+    image_bytes_to_pixels,
+    open_image,
+    prepare_digit,
+)
+from benchmarks.hostile.images import blank_png, oriented_jpeg
 from tests.conftest import encode, png_of
 from vae_common.pixels import mnist_style, to_unit_interval
 
@@ -166,3 +176,85 @@ def test_pngs_the_fast_path_declines_keep_their_meaning() -> None:
     data = png_of(np.full((28, 28), 200, dtype=np.uint8))
     with pytest.raises(ImageInputError, match="could not be decoded"):
         decode_image(data[: len(data) - 30], 10_000, "files[0]")
+
+
+def test_exif_orientation_turns_a_phone_jpeg_upright() -> None:
+    upright = dark_digit_on_paper(200)
+    # A phone that held the camera turned stores the sensor's pixels rotated and the tag 6
+    # ("turn me 90 degrees clockwise"): store them rotated counter-clockwise, tag 6.
+    stored = upright.transpose(Image.Transpose.ROTATE_90)
+    tagged = prepare_digit(decode_image(oriented_jpeg(stored, 6), 10**8), "mnist")
+    plain = prepare_digit(decode_image(encode(upright, "JPEG", quality=95), 10**8), "mnist")
+    untagged = prepare_digit(decode_image(encode(stored, "JPEG", quality=95), 10**8), "mnist")
+    assert np.abs(tagged - plain).mean() < 0.02
+    assert np.abs(untagged - plain).mean() > 5 * np.abs(tagged - plain).mean()
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_matches_pillows_exif_transpose(orientation: int) -> None:
+    picture = Image.new("L", (40, 24), 0)
+    picture.paste(255, (0, 0, 10, 6))  # a bright corner shows any turn or mirror
+    data = oriented_jpeg(picture, orientation)
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))), np.float32)
+    decoded = decode_image(data, 10**8).gray
+    assert decoded.shape == expected.shape
+    assert np.abs(decoded * 255 - expected).max() < 1.0
+
+
+def test_png_exif_orientation_is_honoured_despite_the_fast_path() -> None:
+    picture = Image.new("L", (28, 20), 0)
+    picture.paste(255, (0, 0, 6, 4))
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG", exif=exif.tobytes())
+    decoded = decode_image(buffer.getvalue(), 10**8).gray
+    expected = np.asarray(picture.transpose(Image.Transpose.ROTATE_90), np.float32) / 255
+    assert decoded.shape == (28, 20)
+    assert np.array_equal(decoded, expected)
+
+
+@pytest.mark.parametrize(("width", "height"), [(1, 10_000_000), (21 * 30, 30), (30, 21 * 30)])
+def test_images_of_no_digit_shape_are_refused_before_decoding(width: int, height: int) -> None:
+    with pytest.raises(ImageInputError, match="VAE_MAX_IMAGE_ASPECT_RATIO"):
+        image_bytes_to_pixels([blank_png(width, height)], "mnist", DecodeLimits())
+
+
+def test_an_aspect_ratio_within_the_limit_is_decoded() -> None:
+    pixels = image_bytes_to_pixels([blank_png(20 * 30, 30)], "mnist", DecodeLimits())
+    assert pixels.shape == (1, 28, 28)
+
+
+def test_the_request_pixel_budget_counts_every_image_and_channel() -> None:
+    limits = DecodeLimits(max_image_pixels=10_000, max_request_pixels=3 * 60 * 60)
+    grey = blank_png(60, 60)
+    assert image_bytes_to_pixels([grey] * 3, "mnist", limits).shape == (3, 28, 28)
+    with pytest.raises(ImageInputError, match="VAE_MAX_REQUEST_PIXELS"):
+        image_bytes_to_pixels([grey] * 4, "mnist", limits)
+    rgba = encode(Image.new("RGBA", (60, 60)), "PNG")
+    with pytest.raises(ImageInputError, match="VAE_MAX_REQUEST_PIXELS"):
+        image_bytes_to_pixels([rgba], "mnist", limits)  # 4 channels: 14,400 values
+
+
+def test_a_request_over_budget_is_refused_before_any_pixel_is_decoded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    decoded: list[str] = []
+    monkeypatch.setattr(imaging, "load_image", lambda opened: decoded.append(opened.name))
+    with pytest.raises(ImageInputError, match="VAE_MAX_REQUEST_PIXELS"):
+        image_bytes_to_pixels([blank_png(5000, 5000)] * 2, "mnist", DecodeLimits())
+    assert decoded == []
+
+
+def test_a_large_jpeg_is_decoded_at_reduced_scale_and_charged_so() -> None:
+    opened = open_image(encode(Image.new("L", (4000, 4000)), "JPEG"), DecodeLimits(), "file")
+    assert isinstance(opened, OpenedImage)
+    assert opened.original_size == (4000, 4000)
+    assert opened.image.size == (500, 500)  # 1/8 scale, still >= WORKING_SIZE
+    assert opened.decode_samples == 500 * 500
+
+
+def test_webp_is_charged_four_channels_as_its_decoder_writes_them() -> None:
+    opened = open_image(encode(Image.new("RGB", (64, 64)), "WEBP"), DecodeLimits(), "file")
+    assert isinstance(opened, OpenedImage)
+    assert opened.decode_samples == 64 * 64 * 4

@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from app.schemas import README_PNG_BASE64
 from tests.conftest import encode, png_of
 
 
@@ -176,14 +177,24 @@ def test_anomaly_score_rejects_malformed_json(
     assert fragment in response.json()["detail"]
 
 
-@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
-def test_anomaly_score_rejects_nan_and_infinity(client: TestClient, literal: str) -> None:
+@pytest.mark.parametrize(
+    ("literal", "fragment"),
+    [
+        ("NaN", "NaN or infinity"),  # not JSON, but what Python's json writes
+        ("Infinity", "NaN or infinity"),
+        ("1e400", "NaN or infinity"),  # valid JSON, but no double holds it
+        ("-Infinity", "NaN or infinity"),
+    ],
+)
+def test_anomaly_score_rejects_nan_and_infinity(
+    client: TestClient, literal: str, fragment: str
+) -> None:
     row = ", ".join(["0.0"] * 783 + [literal])
     body = '{"pixels": [[' + row + "]]}"
     response = client.post(
         "/anomaly-score", content=body, headers={"content-type": "application/json"}
     )
-    assert_error(response, 422, "NaN or infinity")
+    assert_error(response, 422, fragment)
 
 
 def test_anomaly_score_rejects_invalid_json(client: TestClient) -> None:
@@ -290,3 +301,76 @@ def test_k_above_the_configured_limit_is_422(make_app: Callable[..., FastAPI]) -
     assert_error(response, 422, "at most 32", "VAE_MAX_IWAE_K")
     assert allowed.status_code == 200
     assert allowed.json()["k"] == 32
+
+
+def test_k_times_images_above_the_limit_is_422(make_app: Callable[..., FastAPI]) -> None:
+    pixels = {"pixels": [[0.0] * 784] * 4}
+    with TestClient(make_app(max_request_decodes=64)) as limited:
+        refused = limited.post("/anomaly-score?score=iwae_nll&k=17", json=pixels)
+        allowed = limited.post("/anomaly-score?score=iwae_nll&k=16", json=pixels)
+        deterministic = limited.post("/anomaly-score?score=reconstruction", json=pixels)
+    assert_error(refused, 422, "17 x 4 = 68", "VAE_MAX_REQUEST_DECODES", "at most 16")
+    assert allowed.status_code == 200 and allowed.json()["k"] == 16
+    assert deterministic.status_code == 200
+
+
+def test_the_documented_base64_example_is_scored(client: TestClient) -> None:
+    response = client.post("/anomaly-score", json={"images": [README_PNG_BASE64]})
+    assert response.status_code == 200, response.text
+    assert len(response.json()["results"]) == 1
+
+
+AUTH_KEY = "s3cret-key"
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({"Authorization": f"Bearer {AUTH_KEY}"}, 200),
+        ({"X-API-Key": AUTH_KEY}, 200),
+        ({"Authorization": f"Bearer {AUTH_KEY}", "X-API-Key": AUTH_KEY}, 200),
+        ({"Authorization": "Bearer wrong", "X-API-Key": AUTH_KEY}, 401),
+        ({"Authorization": f"Bearer {AUTH_KEY}", "X-API-Key": "wrong"}, 401),
+        ({}, 401),
+    ],
+)
+def test_every_api_key_offered_must_be_right(
+    make_app: Callable[..., FastAPI], headers: dict[str, str], status: int
+) -> None:
+    with TestClient(make_app(api_key=AUTH_KEY)) as secured:
+        response = secured.post("/sample", json={"n": 1, "seed": 1}, headers=headers)
+    assert response.status_code == status, response.text
+
+
+@pytest.mark.parametrize(
+    "body", [{"seed": False}, {"n": True}, {"nrow": True}, {"temperature": True}, {"n": "4"}]
+)
+def test_sample_refuses_booleans_and_strings_for_numbers(
+    client: TestClient, body: dict[str, object]
+) -> None:
+    response = client.post("/sample", json=body)
+    assert_error(response, 422, "body.", "expected a number")
+
+
+@pytest.mark.parametrize("body", [b"{", b"\xff\xfe", b"[" * 5000 + b"]" * 5000, b'{"n": 1'])
+def test_sample_answers_malformed_json_with_422(client: TestClient, body: bytes) -> None:
+    response = client.post("/sample", content=body, headers={"content-type": "application/json"})
+    assert_error(response, 422, "not valid JSON")
+
+
+def test_an_unexpected_error_is_a_500_that_carries_the_request_id(
+    make_app: Callable[..., FastAPI],
+) -> None:
+    app = make_app()
+
+    @app.get("/explode")
+    async def explode() -> None:
+        raise RuntimeError("a bug, not the caller's fault")
+
+    with TestClient(app, raise_server_exceptions=True) as test_client:
+        response = test_client.get("/explode", headers={"X-Request-ID": "trace-42"})
+        after = test_client.get("/healthz")
+    assert response.status_code == 500
+    assert response.headers["x-request-id"] == "trace-42"
+    assert "trace-42" in response.json()["detail"]
+    assert after.status_code == 200

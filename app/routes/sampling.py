@@ -4,20 +4,28 @@ import math
 import secrets
 
 import numpy as np
-from fastapi import APIRouter, Body, Response
+from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from app.deps import ServicesDep
 from app.jobs import SampleJob
 from app.schemas import ErrorResponse, SampleRequest
+from app.uploads import read_sample_request
 from vae_common.grid import uint8_grid, uint8_png
 
 router = APIRouter(tags=["sampling"])
+
+# The body is read by app.uploads (malformed JSON gets the service's 422), so describe it here.
+_REQUEST_BODY = {
+    "required": False,
+    "content": {"application/json": {"schema": SampleRequest.model_json_schema()}},
+}
 
 
 @router.post(
     "/sample",
     response_class=Response,
+    openapi_extra={"requestBody": _REQUEST_BODY},
     responses={
         200: {
             "content": {"image/png": {}},
@@ -31,9 +39,9 @@ router = APIRouter(tags=["sampling"])
         503: {"model": ErrorResponse},
     },
 )
-async def sample(services: ServicesDep, body: SampleRequest | None = Body(None)) -> Response:
+async def sample(http_request: Request, services: ServicesDep) -> Response:
     """Draw digits from the prior and return them as one PNG grid."""
-    request = body or SampleRequest()
+    request = await read_sample_request(http_request)
     seed = request.seed if request.seed is not None else secrets.randbits(63)
     job = SampleJob(request.n, request.temperature, seed)
     served = await services.batcher.submit(job, job.inputs())

@@ -23,7 +23,15 @@ _anomaly_options = query_options(AnomalyOptions)
 _REQUEST_BODY: dict[str, Any] = {
     "required": True,
     "content": {
-        **openapi_form("files", {"type": "array", "items": {"type": "string", "format": "binary"}}),
+        **openapi_form(
+            "files",
+            {
+                "type": "array",
+                "items": {"type": "string", "format": "binary"},
+                "minItems": 1,
+                "maxItems": 64,  # VAE_MAX_BATCH's default
+            },
+        ),
         "application/json": {"schema": AnomalyJsonBody.model_json_schema()},
     },
 }
@@ -43,7 +51,15 @@ async def anomaly_score(request: Request) -> Response:
     services = await get_services(request)
     pixels = await read_images(request, options.preprocess, services.settings)
     score = options.score.value if options.score else None
-    job = ScoreJob.for_request(score, options.k, services.engine, services.settings.max_iwae_k)
+    settings = services.settings
+    job = ScoreJob.for_request(
+        score,
+        options.k,
+        services.engine,
+        settings.max_iwae_k,
+        images=len(pixels),
+        max_decodes=settings.max_request_decodes,
+    )
     served = await services.batcher.submit(job, pixels)
     services.metrics.images.labels("anomaly-score").inc(len(pixels))
     return Response(anomaly_reply(job, served, options), media_type="application/json")
