@@ -9,6 +9,8 @@ from pydantic import ValidationError
 
 from app.config import Settings, describe_invalid_settings, get_settings
 from app.logs import configure_logging
+from app.metrics import prepare_multiprocess_metrics
+from app.metrics import prepare_multiprocess_metrics
 
 # By name: importing them would load torch before CpuExecution.tune_process has run.
 STARTUP_ERRORS = ("CheckpointError", "DeviceUnavailableError")
@@ -42,6 +44,7 @@ def main() -> None:
     configure_logging(settings.log_level)
     for name in ("uvicorn.error", "uvicorn"):
         logging.getLogger(name).addFilter(_OneLineStartupFailure())
+    prepare_multiprocess_metrics(settings.workers)
     serve(settings)
 
 

@@ -36,7 +36,9 @@ def invalid_value(annotation: Any) -> str:
 
 def message_for(**environment: str) -> str:
     with pytest.raises(ValidationError) as caught:
-        Settings(**{name.removeprefix("VAE_").lower(): value for name, value in environment.items()})
+        Settings(
+            **{name.removeprefix("VAE_").lower(): value for name, value in environment.items()}
+        )
     return describe_invalid_settings(caught.value)
 
 
