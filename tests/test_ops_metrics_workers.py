@@ -3,78 +3,26 @@ requests of all of them (prometheus_client's multiprocess mode, set up by `pytho
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.metrics import ServiceMetrics
-from tests.conftest import PROJECT_ROOT
+from benchmarks.serve_load.servers import running_service
 
 WORKERS = 2
 REQUESTS = 40
-START_TIMEOUT_S = 120.0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+WORKERS_TIMEOUT_S = 120.0
 
 
 def get(url: str) -> bytes:
     with urllib.request.urlopen(url, timeout=30) as reply:  # a new connection each time
         body: bytes = reply.read()
         return body
-
-
-@contextmanager
-def served(model_path: Path, metrics_dir: Path) -> Iterator[str]:
-    port = free_port()
-    environment = {key: value for key, value in os.environ.items() if not key.startswith("VAE_")}
-    environment.update(
-        VAE_MODEL_PATH=str(model_path),
-        VAE_DEVICE="cpu",
-        VAE_PORT=str(port),
-        VAE_WORKERS=str(WORKERS),
-        VAE_BATCH_MAX_SIZE="8",
-        PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
-    )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app"],
-        cwd=PROJECT_ROOT,
-        env=environment,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            assert process.poll() is None, "python -m app exited during start-up"
-            try:
-                get(f"{url}/readyz")
-                break
-            except (urllib.error.URLError, ConnectionError):
-                assert time.monotonic() < deadline, "python -m app did not become ready"
-                time.sleep(0.2)
-        yield url
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=60)
 
 
 def counting_processes(metrics_dir: Path) -> set[str]:
@@ -98,10 +46,16 @@ def test_metrics_add_up_every_workers_requests(tiny_model_path: Path, tmp_path: 
     metrics_dir.mkdir()
     # Files of an earlier run would add up with this one's: start-up removes them.
     (metrics_dir / "counter_1.db").write_bytes(b"left over")
-    with served(tiny_model_path, metrics_dir) as url, ThreadPoolExecutor(8) as pool:
+    settings = {
+        "VAE_WORKERS": str(WORKERS),
+        "VAE_BATCH_MAX_SIZE": "8",
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+    }
+    with running_service(tiny_model_path, settings) as server, ThreadPoolExecutor(8) as pool:
+        url = server.url
         # Until every worker has answered (each writes its own counter file), so the
         # requests counted below are spread over all of them.
-        deadline = time.monotonic() + START_TIMEOUT_S
+        deadline = time.monotonic() + WORKERS_TIMEOUT_S
         while len(counting_processes(metrics_dir)) < WORKERS:
             assert time.monotonic() < deadline, f"only {counting_processes(metrics_dir)} answer"
             list(pool.map(lambda _: get(f"{url}/readyz"), range(8)))
