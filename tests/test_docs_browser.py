@@ -12,8 +12,8 @@ import pytest
 
 from app.config import Settings
 from app.main import create_app
-from tests.browser_demo import launch_chromium, offline_page
-from tests.live_server import live_server
+from scripts.browser_demo import launch_chromium, offline_page
+from scripts.live_server import live_server
 from tests.test_browser import PATIENCE_MS, _chromium_or_skip
 
 if TYPE_CHECKING:
