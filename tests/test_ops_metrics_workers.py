@@ -17,6 +17,7 @@ from benchmarks.serve_load.servers import running_service
 WORKERS = 2
 REQUESTS = 40
 WORKERS_TIMEOUT_S = 120.0
+SETTLE_TIMEOUT_S = 30.0
 
 
 def get(url: str) -> bytes:
@@ -61,6 +62,11 @@ def test_metrics_add_up_every_workers_requests(tiny_model_path: Path, tmp_path: 
             list(pool.map(lambda _: get(f"{url}/readyz"), range(8)))
         # Concurrent, each on a new connection: any worker may accept each.
         list(pool.map(lambda _: get(f"{url}/healthz"), range(REQUESTS)))
+        # A request is counted just after its reply is sent: give the last ones a moment.
+        deadline = time.monotonic() + SETTLE_TIMEOUT_S
+        while (seen := healthz_count(get(f"{url}/metrics"))) < REQUESTS:
+            assert time.monotonic() < deadline, f"/metrics shows {seen} of {REQUESTS} requests"
+            time.sleep(0.1)
         scrapes = [get(f"{url}/metrics") for _ in range(6)]
     assert [healthz_count(scrape) for scrape in scrapes] == [REQUESTS] * len(scrapes)
     # One queue-depth series summed over the live workers, not one per process.
