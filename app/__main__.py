@@ -10,7 +10,6 @@ from pydantic import ValidationError
 from app.config import Settings, describe_invalid_settings, get_settings
 from app.logs import configure_logging
 from app.metrics import prepare_multiprocess_metrics
-from app.metrics import prepare_multiprocess_metrics
 
 # By name: importing them would load torch before CpuExecution.tune_process has run.
 STARTUP_ERRORS = ("CheckpointError", "DeviceUnavailableError")
