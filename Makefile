@@ -43,8 +43,26 @@ $(VENV)/.dev: pyproject.toml client/pyproject.toml
 	$(BIN)/pip install --quiet -e '.[train,dev]' -e ./client
 	touch $@ $(VENV)/.serve
 
-serve: $(VENV)/.serve  ## start the service on the shipped checkpoint at http://127.0.0.1:8000 (TORCH=cuda for GPU wheels)
-	$(BIN)/python -m app
+# `make serve API_KEY_FILE=.vae-api-key` requires an API key kept in that file (made on first
+# use, readable by you only), so a second shell can send it without seeing it printed:
+# curl -H "Authorization: Bearer $(cat .vae-api-key)" ... A key exported as VAE_API_KEY
+# works too, but only shells that export the same value can call the API.
+API_KEY_FILE ?=
+
+serve: $(VENV)/.serve  ## start the service on the shipped checkpoint at http://127.0.0.1:8000 (TORCH=cuda for GPU wheels, API_KEY_FILE=.vae-api-key to require a key)
+	@if [ -n "$(API_KEY_FILE)" ]; then \
+		if [ ! -s "$(API_KEY_FILE)" ]; then \
+			(umask 077 && $(BIN)/python -c "import secrets; print(secrets.token_hex(32))" > "$(API_KEY_FILE)") || exit 1; \
+			echo "API key: generated into $(API_KEY_FILE) (readable by you only)"; \
+		fi; \
+		echo "API key: required; it is in $(API_KEY_FILE): curl -H \"Authorization: Bearer \$$(cat $(API_KEY_FILE))\" ..."; \
+		VAE_API_KEY="$$(cat "$(API_KEY_FILE)")" exec $(BIN)/python -m app; \
+	elif [ -n "$$(printf %s "$${VAE_API_KEY:-}" | tr -d '[:space:]')" ]; then \
+		echo "API key: required (VAE_API_KEY from this shell; a shell calling the API needs the same value)"; \
+	else \
+		echo "API key: off, anyone who reaches the port may call the API (make serve API_KEY_FILE=.vae-api-key requires one)"; \
+	fi; \
+	exec $(BIN)/python -m app
 
 test: $(VENV)/.dev  ## install everything and run the whole test suite
 	$(BIN)/python -m pytest

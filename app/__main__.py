@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import logging
+import sys
 
-from app.config import get_settings
+from pydantic import ValidationError
+
+from app.config import Settings, describe_invalid_settings, get_settings
 from app.logs import configure_logging
+from app.metrics import prepare_multiprocess_metrics
 
 # By name: importing them would load torch before CpuExecution.tune_process has run.
 STARTUP_ERRORS = ("CheckpointError", "DeviceUnavailableError")
@@ -19,16 +23,27 @@ class _OneLineStartupFailure(logging.Filter):
         return not (text.startswith("Traceback") and any(name in text for name in STARTUP_ERRORS))
 
 
+def settings_or_exit() -> Settings:
+    """The settings, or one line naming the bad VAE_* variable and exit code 2 (a usage
+    error, as argparse uses): a person reads this, not a pydantic traceback."""
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        print(f"cannot start: {describe_invalid_settings(exc)}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def main() -> None:
     # The process tuning reads environment variables that must be set before torch loads.
     from app.execution import CpuExecution
     from app.server import serve
 
     CpuExecution.tune_process()
-    settings = get_settings()
+    settings = settings_or_exit()
     configure_logging(settings.log_level)
     for name in ("uvicorn.error", "uvicorn"):
         logging.getLogger(name).addFilter(_OneLineStartupFailure())
+    prepare_multiprocess_metrics(settings.workers)
     serve(settings)
 
 

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import json
+import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
-from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from annotated_types import Ge, Gt, Le, Lt
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parent.parent / "models" / "model.pt"
+ENV_PREFIX = "VAE_"
+# What a browser sends in its Origin header: scheme://host[:port], no path, no trailing slash.
+# CORSMiddleware compares strings exactly, so "https://app.example/" would never match.
+_ORIGIN = re.compile(r"^https?://[^/\s]+$")
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="VAE_", env_file=None, extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=None, extra="ignore")
 
     model_path: Path = Field(DEFAULT_MODEL_PATH, description="TorchScript checkpoint to serve")
     device: Literal["auto", "cpu", "cuda"] = Field(
@@ -104,6 +112,15 @@ class Settings(BaseSettings):
         30.0, gt=0.0, le=3600.0, description="longest time to receive a request's body (408)"
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    public_docs: bool = Field(
+        True,
+        description="/docs, /redoc and /openapi.json need no API key (the data endpoints still do)",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="origins a browser app may call the API from (comma-separated or a JSON "
+        "list, * for any); empty: no CORS headers",
+    )
 
     @field_validator("api_key", mode="before")
     @classmethod
@@ -111,7 +128,99 @@ class Settings(BaseSettings):
         # `VAE_API_KEY=` (as compose writes an unset variable) must not enable auth with "".
         return None if isinstance(value, str) and not value.strip() else value
 
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _origins_from_text(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not a JSON list ({exc.msg} at character {exc.pos})") from None
+        return [origin.strip() for origin in text.split(",") if origin.strip()]
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins_are_origins(cls, origins: list[str]) -> list[str]:
+        for origin in origins:
+            if origin != "*" and not _ORIGIN.match(origin):
+                raise ValueError(
+                    f"{origin} is not an origin (scheme://host[:port], no path, no trailing "
+                    "slash, e.g. https://app.example.com)"
+                )
+        return origins
+
 
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+def env_name(field: str) -> str:
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+def describe_invalid_settings(error: ValidationError) -> str:
+    """One line for a person: each bad variable by its environment name, the value it had and
+    what it may be, e.g. `VAE_PORT='abc' is not valid; use an integer from 1 to 65535`."""
+    problems = []
+    for item in error.errors():
+        name = str(item["loc"][0]) if item["loc"] else ""
+        field = Settings.model_fields.get(name)
+        if field is None:
+            problems.append(item["msg"])
+            continue
+        value = "<hidden>" if field.annotation == SecretStr | None else repr(item["input"])
+        # A validator's own message says what is wrong; pydantic's type messages repeat
+        # what allowed_values() says better.
+        reason = (
+            f": {item['msg'].removeprefix('Value error, ')}"
+            if item["type"] == "value_error"
+            else ""
+        )
+        problems.append(
+            f"{env_name(name)}={value} is not valid{reason}; use {allowed_values(field)}"
+        )
+    return "; ".join(problems)
+
+
+def allowed_values(field: FieldInfo) -> str:
+    annotation: Any = field.annotation
+    members = get_args(annotation)
+    optional = type(None) in members
+    if optional:
+        annotation = next(member for member in members if member is not type(None))
+    if get_origin(annotation) is Literal:
+        allowed = "one of " + ", ".join(str(choice) for choice in get_args(annotation))
+    elif annotation is bool:
+        allowed = "true or false"
+    elif annotation in (int, float):
+        allowed = ("an integer" if annotation is int else "a number") + _bounds(field)
+    elif annotation is Path:
+        allowed = "a file path"
+    elif get_origin(annotation) is list:
+        allowed = "a comma-separated list or a JSON list of strings"
+    else:
+        allowed = "any text"
+    return f"{allowed}, or leave it unset" if optional else allowed
+
+
+def _bounds(field: FieldInfo) -> str:
+    ge = next((bound.ge for bound in field.metadata if isinstance(bound, Ge)), None)
+    le = next((bound.le for bound in field.metadata if isinstance(bound, Le)), None)
+    if ge is not None and le is not None:
+        return f" from {ge} to {le}"
+    words = [
+        f"of at least {bound.ge}"
+        if isinstance(bound, Ge)
+        else f"above {bound.gt}"
+        if isinstance(bound, Gt)
+        else f"of at most {bound.le}"
+        if isinstance(bound, Le)
+        else f"below {bound.lt}"
+        for bound in field.metadata
+        if isinstance(bound, Ge | Gt | Le | Lt)
+    ]
+    return " " + " and ".join(words) if words else ""

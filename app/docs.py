@@ -31,7 +31,10 @@ DEMO_CSP = (
 
 
 def add_docs(app: FastAPI, dependencies: Sequence[Depends]) -> None:
-    """/openapi.json, /docs and /redoc behind `dependencies` (the API key when one is set).
+    """/openapi.json, /docs and /redoc behind `dependencies`: the API key when one is set and
+    VAE_PUBLIC_DOCS is false; none by default, as a browser opening /docs cannot send a
+    header, and the schema describes the API, not its data. With a key, the schema declares
+    it (app/security.py), so Swagger UI's Authorize button takes it and "Try it out" sends it.
     The script and style bundles themselves are public: they hold nothing about this API."""
     app.mount(DOCS_ASSETS_URL, StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
     favicon = f"{DOCS_ASSETS_URL}/favicon.png"

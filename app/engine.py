@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import numpy as np
@@ -168,7 +168,8 @@ class Engine:
         metadata = self.checkpoint.metadata
         card = {
             "model_id": self.model_id,
-            "path": str(self.checkpoint.path),
+            # The name only: the server's folder layout is none of a caller's business.
+            "file": self.checkpoint.path.name,
             "sha256": self.checkpoint.file_sha256,
             "weights_sha256": metadata["weights_sha256"],
             "device": str(self.device),
@@ -183,13 +184,22 @@ class Engine:
                 name: {"definition": SCORES[name].definition, "default_k": SCORES[name].default_k}
                 for name in self.calibrations
             },
-            "training": metadata.get("training", {}),
+            "training": {
+                name: _folder_hidden(value) for name, value in metadata.get("training", {}).items()
+            },
             "dataset": metadata.get("dataset", {}),
             "environment": metadata.get("environment", {}),
         }
         if self.unavailable:
             card["unavailable_scores"] = dict(self.unavailable)
         return card
+
+
+def _folder_hidden(value: object) -> object:
+    # A run trained with an absolute --out or --data-root would show the server's folders.
+    if isinstance(value, str) and PurePath(value).is_absolute():
+        return PurePath(value).name
+    return value
 
 
 class EngineHolder:

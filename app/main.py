@@ -12,6 +12,7 @@ from typing import Any
 
 import anyio
 from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
 from app.admission import AdmissionMiddleware
@@ -96,7 +97,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         heavy=lane(heavy_executor, 1, chunk_rows),
         chunk_rows=chunk_rows,
     )
-    metrics.queued_images.set_function(lambda: batcher.queued_images)
+    metrics.watch_queue(lambda: batcher.queued_images)
     batcher.start()
     app.state.services = Services(settings, engines, batcher, metrics)
     # torch, FastAPI and the model leave ~200k objects that live as long as the process.
@@ -121,8 +122,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
 
 
 def _observe_batch(metrics: ServiceMetrics, requests: int, images: int, seconds: float) -> None:
-    metrics.batch_images.observe(images)
-    metrics.inference.labels("batch").observe(seconds)
+    metrics.observe_batch(images, seconds)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -149,7 +149,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(latent.router, dependencies=protected)
     app.include_router(operations.router)
     app.include_router(operations.protected_router, dependencies=protected)
-    add_docs(app, protected)
+    add_docs(app, [] if settings.public_docs else protected)
     add_demo_page(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.add_middleware(
@@ -159,4 +159,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         limit_concurrency=settings.limit_concurrency,
     )
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)
+    if settings.cors_origins:  # outermost: preflights answered first, every reply has headers
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            # The key travels in a header (no cookies); scripts may read the reply headers.
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "X-Model-Id", "X-Seed", "X-Reconstruction-Loss"],
+            max_age=600,
+        )
     return app

@@ -8,8 +8,15 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-bearer_scheme = HTTPBearer(auto_error=False, description="Authorization: Bearer <VAE_API_KEY>")
-header_scheme = APIKeyHeader(name="X-API-Key", auto_error=False, description="the VAE_API_KEY")
+# Declared in the OpenAPI schema (as alternatives: either one is enough) whenever a key is
+# required, so Swagger UI shows an Authorize button and "Try it out" sends the key.
+bearer_scheme = HTTPBearer(
+    auto_error=False,
+    description="The VAE_API_KEY as `Authorization: Bearer <key>`; paste the key alone",
+)
+header_scheme = APIKeyHeader(
+    name="X-API-Key", auto_error=False, description="The VAE_API_KEY as `X-API-Key: <key>`"
+)
 
 
 async def require_api_key(

@@ -33,8 +33,9 @@ class Load:
     threads: list[threading.Thread] = field(default_factory=list)
 
     def start(self, probe_until_refused: bool = True) -> None:
-        self.threads = [threading.Thread(target=self._post) for _ in range(CLIENTS)]
-        self.threads.append(threading.Thread(target=self._probe))
+        # Daemon threads: a failed assertion before finish() must not keep pytest from exiting.
+        self.threads = [threading.Thread(target=self._post, daemon=True) for _ in range(CLIENTS)]
+        self.threads.append(threading.Thread(target=self._probe, daemon=True))
         for thread in self.threads:
             thread.start()
 

@@ -17,7 +17,7 @@ LINKED = re.compile(r"""(?:src|href)\s*=\s*["']([^"']+)["']""")
 
 @pytest.fixture
 def secured(make_app: Callable[..., FastAPI]) -> Iterator[TestClient]:
-    with TestClient(make_app(api_key=API_KEY)) as client:
+    with TestClient(make_app(api_key=API_KEY, public_docs=False)) as client:
         yield client
 
 
@@ -51,7 +51,7 @@ def test_demo_page_is_limited_to_this_origin(client: TestClient) -> None:
     assert client.get("/redoc").headers["content-security-policy"] == "img-src 'self' data:"
 
 
-def test_with_a_key_the_schema_and_docs_need_it_but_the_demo_page_does_not(
+def test_with_private_docs_the_schema_and_docs_need_the_key_but_the_demo_page_does_not(
     secured: TestClient,
 ) -> None:
     for path in ("/openapi.json", "/docs", "/redoc"):

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response, status
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from app.deps import MetricsDep, ServicesDep
 from app.schemas import HealthResponse, ModelCard, ReadyResponse
@@ -33,8 +33,8 @@ async def readyz(request: Request) -> JSONResponse:
 
 @router.get("/metrics", response_class=Response)
 async def metrics(metrics: MetricsDep) -> Response:
-    """Prometheus text exposition."""
-    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    """Prometheus text exposition (the sum over all workers when there are several)."""
+    return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
 @protected_router.get("/model")

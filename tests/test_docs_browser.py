@@ -1,0 +1,77 @@
+"""Swagger UI with an API key, in a real Chromium: /docs opens without the key, the Authorize
+button takes it, and "Try it out" on a guarded endpoint then gets 200 instead of 401."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from app.config import Settings
+from app.main import create_app
+from scripts.browser_demo import launch_chromium, offline_page
+from scripts.live_server import live_server
+from tests.test_browser import PATIENCE_MS, _chromium_or_skip
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page
+
+pytestmark = pytest.mark.browser
+API_KEY = "swagger-test-key"
+MODEL_OPERATION = "#operations-operations-model_card_model_get"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    executable = _chromium_or_skip()
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=PATIENCE_MS)
+    with sync_playwright() as playwright:
+        browser = launch_chromium(playwright, executable)
+        yield browser
+        browser.close()
+    expect.set_options(timeout=None)
+
+
+@pytest.fixture(scope="module")
+def keyed_url(tiny_model_path: Path) -> Iterator[str]:
+    settings = Settings(model_path=tiny_model_path, device="cpu", api_key=API_KEY)
+    with live_server(create_app(settings)) as url:
+        yield url
+
+
+def try_model_card(page: Page) -> str:
+    """Try it out on GET /model; the status code Swagger UI shows."""
+    from playwright.sync_api import expect
+
+    operation = page.locator(MODEL_OPERATION)
+    if not operation.locator(".try-out__btn").is_visible():
+        operation.locator(".opblock-summary").click()
+    if operation.locator(".try-out__btn", has_text="Try it out").is_visible():
+        operation.locator(".try-out__btn").click()
+    operation.locator(".execute").click()
+    status = operation.locator(".live-responses-table tbody .response-col_status").first
+    expect(status).to_have_text(re.compile(r"^(200|401)\b"))
+    text: str = status.inner_text().split()[0]  # "401 Undocumented"
+    operation.locator(".btn-clear").click()
+    return text
+
+
+def test_authorize_makes_try_it_out_send_the_key(browser: Browser, keyed_url: str) -> None:
+    from playwright.sync_api import expect
+
+    page, blocked = offline_page(browser, keyed_url)
+    page.goto(f"{keyed_url}/docs")
+    expect(page.locator(MODEL_OPERATION)).to_be_visible()
+    assert try_model_card(page) == "401"
+    page.locator(".auth-wrapper .authorize").click()
+    bearer = page.locator(".modal-ux .auth-container").filter(has_text="HTTPBearer")
+    bearer.locator("input").fill(API_KEY)
+    bearer.locator("button.authorize").click()
+    page.locator(".modal-ux .btn-done").first.click()
+    assert try_model_card(page) == "200"
+    assert blocked == []
