@@ -102,15 +102,17 @@ def load_split(root: Path, dataset: str, train: bool = False) -> np.ndarray:
 
 
 def anomaly_sets(mnist: np.ndarray, fashion: np.ndarray, seed: int) -> dict[str, np.ndarray]:
-    """Every set as (N, 28, 28) uint8, as a client would hold them before sending."""
+    """Every set as (N, 28, 28) uint8, as a client would hold them before sending; noise
+    images up to 2,000 (no more than there are digits)."""
     rng = np.random.default_rng(seed)
+    noise_count = min(2000, len(mnist))
     levels = np.arange(1, 255, 4, dtype=np.uint8)  # 64 grey levels
     return {
         "fashion_mnist": fashion,
         "hflip": np.ascontiguousarray(mnist[:, :, ::-1]),
         "vflip": np.ascontiguousarray(mnist[:, ::-1, :]),
         "rot90": np.ascontiguousarray(np.rot90(mnist, 1, axes=(1, 2))),
-        "uniform_noise": rng.integers(0, 256, size=(2000, 28, 28), dtype=np.uint8),
+        "uniform_noise": rng.integers(0, 256, size=(noise_count, 28, 28), dtype=np.uint8),
         "blank": np.zeros((1, 28, 28), dtype=np.uint8),
         "constant_grey": np.repeat(levels[:, None, None], 28 * 28).reshape(-1, 28, 28),
         "inverted": 255 - mnist,
