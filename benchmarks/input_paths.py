@@ -2,7 +2,8 @@
 as a 28x28 PNG file (with preprocess=mnist or none), a scan and a phone photo of it on paper.
 
 Files go through the readers that serve requests (`app.imaging.image_bytes_to_pixels`, which
-`app.uploads.decode_uploads` calls; JSON pixels through `pixels_to_array`), so whatever
+`app.uploads.decode_uploads` calls, VAE_MAX_BATCH files at a time under the service's decode
+limits; JSON pixels through `pixels_to_array`), so whatever
 preprocessing main serves is what gets measured. Every picture is drawn from its own
 generator seeded by (seed, index): image i looks the same whatever --limit is.
 """
@@ -20,6 +21,7 @@ from PIL import Image, ImageFilter
 
 from app.config import Settings
 from app.imaging import Preprocess, image_bytes_to_pixels, pixels_to_array
+from app.uploads import decode_limits
 from vae_common.pixels import IMAGE_SIZE, FloatImage
 
 # One digit (28, 28) uint8, white on black, and its generator -> the bytes of a file.
@@ -113,13 +115,23 @@ class InputPath:
     make_file: FileMaker | None = None
 
     def pixels(self, digits: np.ndarray, seed: int) -> FloatImage:
-        """(N, 28, 28) uint8 digits -> (N, 28, 28) model input, as the service reads it."""
+        """(N, 28, 28) uint8 digits -> (N, 28, 28) model input, as the service reads it:
+        files in requests of VAE_MAX_BATCH, each under the service's decode limits."""
         if self.make_file is None or self.preprocess is None:
-            return pixels_to_array(
-                (digits.astype(np.float32) / 255.0).reshape(len(digits), -1).tolist()
-            )
+            rows = (digits.astype(np.float32) / 255.0).reshape(len(digits), -1).tolist()
+            return pixels_to_array(rows)
+        settings = Settings()
         files = self.files(digits, seed)
-        return image_bytes_to_pixels(files, self.preprocess, Settings().max_image_pixels)
+        requests = [
+            image_bytes_to_pixels(
+                files[start : start + settings.max_batch],
+                self.preprocess,
+                decode_limits(settings),
+            )
+            for start in range(0, len(files), settings.max_batch)
+        ]
+        pixels: FloatImage = np.concatenate(requests)
+        return pixels
 
     def files(self, digits: np.ndarray, seed: int) -> list[bytes]:
         assert self.make_file is not None
