@@ -15,7 +15,7 @@ Scoring is `app.jobs.ScoreJob.run` (what the dynamic batcher calls) on pixels re
 service's request readers; flagged means score > the default threshold, as in the reply.
 
     python -m benchmarks.anomaly --data-root ../shared/data [--tables paths files]
-        [--limit 500] [--write-readme]   # --write-readme: the scores table into README.md
+        [--limit 500] [--write-readme]   # the scores table into docs/anomaly-scores.md
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from benchmarks.input_paths import INPUT_PATHS, InputPath
 from vae_common.pixels import FloatImage
 from vae_common.scoring import DEFAULT_SCORE, SCORE_DEFINITIONS
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parent.parent / "docs" / "anomaly-scores.md"
 BEGIN, END = "<!-- anomaly-benchmark:begin -->", "<!-- anomaly-benchmark:end -->"
 TABLES = ("scores", "paths", "files")
 # Issue 14's targets for the share of real digits flagged at the default threshold.
