@@ -23,6 +23,7 @@ from app.docs import add_demo_page, add_docs
 from app.engine import EngineHolder, load_engine
 from app.errors import install_error_handlers
 from app.execution import Execution, choose_execution, one_intra_op_thread
+from app.lean import add_lean_routes
 from app.lifecycle import LIFECYCLE_STATE, Lifecycle, reload_model
 from app.metrics import ServiceMetrics
 from app.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
@@ -149,6 +150,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(latent.router, dependencies=protected)
     app.include_router(operations.router)
     app.include_router(operations.protected_router, dependencies=protected)
+    # The busiest routes skip FastAPI's request handler (app/lean.py); their FastAPI
+    # routes stay for the schema and /docs.
+    add_lean_routes(
+        app,
+        (scoring.router, reconstruction.router),
+        ("/anomaly-score", "/reconstruct"),
+        protected=bool(protected),
+    )
     add_docs(app, [] if settings.public_docs else protected)
     add_demo_page(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes)
