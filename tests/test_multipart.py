@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 
 import pytest
 from starlette.requests import Request
 from starlette.types import Message
 
-from app.multipart import MultipartError, Part, TooManyPartsError, read_parts
+from app.multipart import MultipartError, Part, TooManyPartsError, read_parts, split_plain_body
+from benchmarks.hostile.corpus import BOUNDARY as HOSTILE_BOUNDARY
+from benchmarks.hostile.corpus import corpus
 
 BOUNDARY = "b0undary"
 
@@ -77,3 +80,77 @@ def test_parsing_stops_at_the_part_limit() -> None:
     with pytest.raises(TooManyPartsError):
         read(many, max_parts=5)
     assert len(read(many, max_parts=50)) == 50
+
+
+# --- The fast path for plain bodies (split_plain_body) against the parser ----------------
+
+
+def parsed(body: bytes, boundary: bytes, max_parts: int) -> list[tuple[object, ...]] | str:
+    """The parser's answer for a body in one chunk: the parts, or its error."""
+    try:
+        content_type = f"multipart/form-data; boundary={boundary.decode()}"
+        parts = read(body, content_type, len(body) or 1, max_parts)
+    except MultipartError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return [(p.name, p.filename, bytes(p.data)) for p in parts]
+
+
+def agree(body: bytes, boundary: bytes = BOUNDARY.encode(), max_parts: int = 10) -> bool:
+    """True when the fast path took the body (and then it must equal the parser's parts)."""
+    fast = split_plain_body(body, boundary, max_parts)
+    if fast is None:
+        return False
+    assert [(p.name, p.filename, bytes(p.data)) for p in fast] == parsed(body, boundary, max_parts)
+    return True
+
+
+def plain_bodies() -> list[bytes]:
+    near = b"\r\n--b0undar" + os.urandom(50) + b"--b0undary" + b"\r\n-"
+    return [
+        body_of(("files", "a.png", b"\x89PNG" + os.urandom(200))),
+        body_of(*[("files", f"{i}.png", os.urandom(i * 7)) for i in range(64)]),
+        body_of(("files", "a.png", near), ("note", None, b"hi"), ("files", "", b"x")),
+        body_of(("files", 'q"uo\\te', b"\r\n\r\n"), ("f\u00e9", "\u00e9.png", b"")),
+        body_of(("files", "a.png", b"abc"))[:-2],  # no CRLF after the closing delimiter
+        body_of(("files", "a.png", b"abc")).replace(
+            b"\r\n\r\n", b"\r\nContent-Type:   image/png\r\n\r\n", 1
+        ),
+    ]
+
+
+def test_the_fast_path_takes_plain_bodies_and_agrees_with_the_parser() -> None:
+    assert all(agree(body, max_parts=64) for body in plain_bodies())
+
+
+def test_the_fast_path_leaves_too_many_parts_to_the_parser() -> None:
+    many = body_of(*[("files", f"{i}.png", b"x") for i in range(6)])
+    assert split_plain_body(many, BOUNDARY.encode(), 5) is None
+    assert agree(many, max_parts=6)
+
+
+def test_the_fast_path_agrees_on_the_hostile_corpus() -> None:
+    taken = 0
+    for request in corpus():
+        if request.content_type and request.content_type.startswith("multipart/form-data"):
+            taken += agree(request.body, HOSTILE_BOUNDARY.encode())
+    assert taken > 0  # the corpus has well-formed multipart bodies too
+
+
+def test_the_fast_path_agrees_on_mutated_bodies() -> None:
+    rng = random.Random(13)
+    alphabet = b'\r\n-:; ="b0undary'
+    taken = 0
+    for body in plain_bodies()[:1] + plain_bodies()[2:]:
+        for _ in range(400):
+            mutated = bytearray(body)
+            for _ in range(rng.randint(1, 3)):
+                at = rng.randrange(len(mutated))
+                action = rng.randrange(3)
+                if action == 0:
+                    mutated[at] = rng.choice(alphabet)
+                elif action == 1:
+                    mutated.insert(at, rng.choice(alphabet))
+                else:
+                    del mutated[at]
+            taken += agree(bytes(mutated))
+    assert taken > 100
