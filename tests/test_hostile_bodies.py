@@ -18,6 +18,7 @@ from benchmarks.hostile.corpus import (
     BODY_LIMIT_AT_LEAST,
     HostileRequest,
     corpus,
+    send,
     valid_png_request,
 )
 from scripts.live_server import live_server
@@ -35,26 +36,6 @@ def server(tiny_model_path: Path) -> Iterator[tuple[str, int]]:
         address = urlsplit(url)
         assert address.hostname is not None and address.port is not None
         yield address.hostname, address.port
-
-
-def send(
-    connection: http.client.HTTPConnection, request: HostileRequest
-) -> tuple[int, dict[str, str], bytes, bool]:
-    headers = {"Content-Type": request.content_type} if request.content_type else {}
-    headers |= request.headers
-    if request.chunked:
-        chunks = (request.body[at : at + 65536] for at in range(0, len(request.body), 65536))
-        connection.request("POST", request.path, chunks, headers, encode_chunked=True)
-    elif "Content-Length" in headers:
-        connection.putrequest("POST", request.path, skip_accept_encoding=True)
-        for name, value in headers.items():
-            connection.putheader(name, value)
-        connection.endheaders()
-    else:
-        connection.request("POST", request.path, request.body, headers)
-    response = connection.getresponse()
-    body = response.read()
-    return response.status, dict(response.getheaders()), body, response.will_close
 
 
 def test_the_corpus_has_at_least_50_kinds() -> None:

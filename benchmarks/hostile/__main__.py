@@ -27,12 +27,18 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from benchmarks.hostile.corpus import HostileRequest, corpus
+from benchmarks.hostile.corpus import HostileRequest, corpus, send
 from benchmarks.hostile.images import blank_png
-from benchmarks.serve_load.payloads import Payload, synthetic_digits, upload
+from benchmarks.serve_load.payloads import synthetic_digits, upload
 from benchmarks.serve_load.procfs import tree_cpu_seconds, tree_rss_kib
 from benchmarks.serve_load.servers import LOOPBACK, Server, running_service
-from benchmarks.serve_load.wrk import REPLAY_SCRIPT, WrkSummary, find_wrk, parse_summary
+from benchmarks.serve_load.wrk import (
+    REPLAY_SCRIPT,
+    WrkSummary,
+    find_wrk,
+    parse_summary,
+    write_requests,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HOSTILE_CLIENTS = 4
@@ -56,36 +62,6 @@ def finish_wrk(process: subprocess.Popen[str]) -> WrkSummary:
     return parse_summary(stdout)
 
 
-def request_files(directory: Path, name: str, payloads: Sequence[Payload]) -> list[Path]:
-    paths = []
-    for index, payload in enumerate(payloads):
-        path = directory / f"{name}-{index}.http"
-        path.write_bytes(payload.http_request(LOOPBACK))
-        paths.append(path)
-    return paths
-
-
-def send(connection: http.client.HTTPConnection, request: HostileRequest) -> int:
-    headers = {"Content-Type": request.content_type} if request.content_type else {}
-    headers |= request.headers
-    if request.chunked:
-        body = request.body
-        chunks = (body[at : at + 65536] for at in range(0, len(body), 65536))
-        connection.request("POST", request.path, chunks, headers, encode_chunked=True)
-    elif "Content-Length" in headers:
-        connection.putrequest("POST", request.path, skip_accept_encoding=True)
-        for key, value in headers.items():
-            connection.putheader(key, value)
-        connection.endheaders()
-    else:
-        connection.request("POST", request.path, request.body, headers)
-    response = connection.getresponse()
-    response.read()
-    if response.will_close:
-        connection.close()
-    return response.status
-
-
 def hostile_loop(
     server: Server, requests: Sequence[HostileRequest], count: int, offset: int, out: Counter[str]
 ) -> None:
@@ -94,8 +70,10 @@ def hostile_loop(
     for index in range(count):
         request = requests[(offset + index) % len(requests)]
         try:
-            status = send(connection, request)
+            status, _, _, will_close = send(connection, request)
             out[f"{status // 100}xx"] += 1
+            if will_close:
+                connection.close()
         except (OSError, http.client.HTTPException) as exc:
             out[f"error {type(exc).__name__}"] += 1
             connection.close()
@@ -159,7 +137,7 @@ def flood(wrk: str, server: Server, normal: list[Path], workdir: Path, seconds: 
     # (39.9 M pixel values, just under VAE_MAX_REQUEST_PIXELS) scored with iwae_nll at
     # k = 64 (64 x 64 = VAE_MAX_REQUEST_DECODES).
     heavy = upload("/anomaly-score?score=iwae_nll&k=64", "files", [blank_png(790, 790)] * 64)
-    heavy_files = request_files(workdir, "heavy", [heavy])
+    heavy_files = write_requests([heavy], workdir / "heavy")
     cpu_before = tree_cpu_seconds(server.pid)
     heavy_process, _ = start_wrk(wrk, server.url, heavy_files, 8, seconds)
     time.sleep(0.5)
@@ -237,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     lines = [f"# benchmarks.hostile {time.strftime('%Y-%m-%d %H:%M:%S %Z')}"]
     with tempfile.TemporaryDirectory() as tmp, running_service(args.model) as server:
         workdir = Path(tmp)
-        normal = request_files(workdir, "normal", [upload("/anomaly-score", "files", [digit])])
+        normal = write_requests([upload("/anomaly-score", "files", [digit])], workdir / "normal")
         if "soak" not in args.skip:
             lines += soak(wrk, server, normal, args.requests)
             print("\n".join(lines), flush=True)

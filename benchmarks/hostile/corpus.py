@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import http.client
 import io
 import json
 from dataclasses import dataclass, field
@@ -317,3 +318,25 @@ def valid_png_request() -> HostileRequest:
     return HostileRequest(
         "valid", "/anomaly-score", files(buffer.getvalue()), content_type=MULTIPART, statuses=(200,)
     )
+
+
+def send(
+    connection: http.client.HTTPConnection, request: HostileRequest
+) -> tuple[int, dict[str, str], bytes, bool]:
+    """Send `request` as it was built (chunked, a lying Content-Length, or plain) and read the
+    reply: status, headers, body, and whether the server will close the connection."""
+    headers = {"Content-Type": request.content_type} if request.content_type else {}
+    headers |= request.headers
+    if request.chunked:
+        chunks = (request.body[at : at + 65536] for at in range(0, len(request.body), 65536))
+        connection.request("POST", request.path, chunks, headers, encode_chunked=True)
+    elif "Content-Length" in headers:
+        connection.putrequest("POST", request.path, skip_accept_encoding=True)
+        for name, value in headers.items():
+            connection.putheader(name, value)
+        connection.endheaders()
+    else:
+        connection.request("POST", request.path, request.body, headers)
+    response = connection.getresponse()
+    body = response.read()
+    return response.status, dict(response.getheaders()), body, response.will_close

@@ -118,6 +118,7 @@ def find_wrk(name: str = "wrk") -> str:
 
 def write_requests(payloads: Sequence[Payload], directory: Path) -> list[Path]:
     """One file per request, for replay.lua to read; the Host header is the loopback address."""
+    directory.mkdir(parents=True, exist_ok=True)
     paths = []
     for index, payload in enumerate(payloads):
         path = directory / f"request-{index}.http"
