@@ -3,10 +3,12 @@ pipeline, and apps serving it. Nothing here touches the network or ../shared."""
 
 from __future__ import annotations
 
+import importlib.util
 import io
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
@@ -16,9 +18,13 @@ from PIL import Image
 
 from app.config import Settings
 from app.main import create_app
+from scripts.browser_demo import chromium_path, launch_chromium
 from tests.synthetic import stroke_digits, write_idx_mnist
 from training.config import TrainConfig
 from training.pipeline import run
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_MODEL = PROJECT_ROOT / "models" / "model.pt"
@@ -121,3 +127,40 @@ def second_model_path(fake_mnist_root: Path, tmp_path_factory: pytest.TempPathFa
     out = tmp_path_factory.mktemp("tiny-run-seed-1")
     run(tiny_config(fake_mnist_root, out, seed=1))
     return out / "model.pt"
+
+
+# How long an expectation waits for the page (Playwright's default is 5 s): the machine running
+# the suite may be busy, and a passing test never waits this long.
+PATIENCE_MS = 20_000
+
+
+def chromium_or_skip() -> str:
+    if importlib.util.find_spec("playwright") is None:
+        problem = "the playwright package is not installed (pip install playwright)"
+    else:
+        executable = chromium_path()
+        if executable is not None:
+            return executable
+        configured = os.environ.get("VAE_CHROMIUM")
+        problem = (
+            f"VAE_CHROMIUM={configured} does not exist"
+            if configured
+            else "no Chromium on PATH (apt-get install chromium, or set VAE_CHROMIUM)"
+        )
+    if os.environ.get("VAE_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"VAE_REQUIRE_BROWSER=1 but {problem}")
+    pytest.skip(f"browser tests need Chromium: {problem}")
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Browser]:
+    executable = chromium_or_skip()
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=PATIENCE_MS)
+
+    with sync_playwright() as playwright:
+        browser = launch_chromium(playwright, executable)
+        yield browser
+        browser.close()
+    expect.set_options(timeout=None)  # back to Playwright's default

@@ -3,8 +3,6 @@ blocked. Skipped without Chromium; VAE_REQUIRE_BROWSER=1 (as in .ci/run) makes t
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,9 +15,7 @@ from app.config import Settings
 from app.main import create_app
 from scripts.browser_demo import (
     DIGIT_STROKES,
-    chromium_path,
     draw,
-    launch_chromium,
     offline_page,
     touch_draw,
 )
@@ -31,43 +27,8 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.browser
 
-# How long an expectation waits for the page (Playwright's default is 5 s): the machine running
-# the suite may be busy, and a passing test never waits this long.
-PATIENCE_MS = 20_000
 NUMBER = re.compile(r"^-?\d+\.\d+$")
 PERCENT = re.compile(r"^\d+(\.\d+)?%$")
-
-
-def _chromium_or_skip() -> str:
-    if importlib.util.find_spec("playwright") is None:
-        problem = "the playwright package is not installed (pip install playwright)"
-    else:
-        executable = chromium_path()
-        if executable is not None:
-            return executable
-        configured = os.environ.get("VAE_CHROMIUM")
-        problem = (
-            f"VAE_CHROMIUM={configured} does not exist"
-            if configured
-            else "no Chromium on PATH (apt-get install chromium, or set VAE_CHROMIUM)"
-        )
-    if os.environ.get("VAE_REQUIRE_BROWSER") == "1":
-        pytest.fail(f"VAE_REQUIRE_BROWSER=1 but {problem}")
-    pytest.skip(f"browser tests need Chromium: {problem}")
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Browser]:
-    executable = _chromium_or_skip()
-    from playwright.sync_api import expect, sync_playwright
-
-    expect.set_options(timeout=PATIENCE_MS)
-
-    with sync_playwright() as playwright:
-        browser = launch_chromium(playwright, executable)
-        yield browser
-        browser.close()
-    expect.set_options(timeout=None)  # back to Playwright's default
 
 
 @pytest.fixture(scope="module")

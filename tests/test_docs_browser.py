@@ -12,9 +12,8 @@ import pytest
 
 from app.config import Settings
 from app.main import create_app
-from scripts.browser_demo import launch_chromium, offline_page
+from scripts.browser_demo import offline_page
 from scripts.live_server import live_server
-from tests.test_browser import PATIENCE_MS, _chromium_or_skip
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -22,19 +21,6 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.browser
 API_KEY = "swagger-test-key"
 MODEL_OPERATION = "#operations-operations-model_card_model_get"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    executable = _chromium_or_skip()
-    from playwright.sync_api import expect, sync_playwright
-
-    expect.set_options(timeout=PATIENCE_MS)
-    with sync_playwright() as playwright:
-        browser = launch_chromium(playwright, executable)
-        yield browser
-        browser.close()
-    expect.set_options(timeout=None)
 
 
 @pytest.fixture(scope="module")
@@ -61,10 +47,10 @@ def try_model_card(page: Page) -> str:
     return text
 
 
-def test_authorize_makes_try_it_out_send_the_key(browser: Browser, keyed_url: str) -> None:
+def test_authorize_makes_try_it_out_send_the_key(chromium: Browser, keyed_url: str) -> None:
     from playwright.sync_api import expect
 
-    page, blocked = offline_page(browser, keyed_url)
+    page, blocked = offline_page(chromium, keyed_url)
     page.goto(f"{keyed_url}/docs")
     expect(page.locator(MODEL_OPERATION)).to_be_visible()
     assert try_model_card(page) == "401"
