@@ -12,6 +12,7 @@ from typing import NoReturn
 
 from training.config import FULL_IWAE_K, TrainConfig, TrainingSetupError, iwae_k_for_limit
 from training.data import DatasetUnavailableError
+from training.model import ARCHITECTURES
 from training.pipeline import run
 from training.state import STATE_FILE
 
@@ -67,7 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
         "and online (env VAE_DATA_ROOT sets the default)",
     )
     parser.add_argument(
-        "--arch", choices=["conv", "mlp"], default=defaults.arch, help="network shape"
+        "--arch",
+        choices=ARCHITECTURES,
+        default=defaults.arch,
+        help="network shape: resconv is model v2, conv model v1, mlp the reference example's",
     )
     parser.add_argument(
         "--latent-dim", type=POSITIVE_INT, default=None, help="default: 32 for conv, 20 for mlp"
@@ -124,6 +128,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"importance samples for the test-set IWAE NLL; default: {FULL_IWAE_K}, "
         "scaled down under --limit",
+    )
+    parser.add_argument(
+        "--iwae-images",
+        type=POSITIVE_INT,
+        default=None,
+        help="estimate the test-set IWAE NLL on this many test images (a fixed random subset "
+        "drawn from --seed); default: all",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        default=defaults.precision,
+        help="bf16: the training forward pass under bfloat16 autocast (weights, losses and "
+        "every evaluation stay float32); faster on CPUs with AMX/AVX-512 BF16 and recent GPUs",
     )
     parser.add_argument(
         "--threads", type=POSITIVE_INT, default=None, help="torch CPU threads; default: torch's"

@@ -17,18 +17,25 @@ from torch import Tensor, nn
 
 from vae_common.pixels import IMAGE_SIZE, PIXELS_PER_IMAGE
 
-Arch = Literal["conv", "mlp"]
+Arch = Literal["resconv", "conv", "mlp"]
+ARCHITECTURES: tuple[Arch, ...] = ("resconv", "conv", "mlp")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """The network's shape. The defaults are model v1's `conv` network, so that the
+    metadata of a v1 checkpoint (which lacks the later fields) reads back unchanged."""
+
     arch: Arch = "conv"
     latent_dim: int = 32
     # mlp: the reference example's 784-400-20 network.
     hidden_dim: int = 400
-    # conv: channels of the two stride-2 convolutions (28 -> 14 -> 7) and the dense layer after.
+    # conv, resconv: channels of the two stride-2 convolutions (28 -> 14 -> 7) and the dense
+    # layer after.
     conv_channels: tuple[int, int] = (24, 48)
     conv_hidden_dim: int = 384
+    # resconv: 3x3 residual blocks after each resolution change, in encoder and decoder.
+    residual_blocks: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -38,6 +45,19 @@ class ModelConfig:
         data = dict(data)
         data["conv_channels"] = tuple(data["conv_channels"])
         return cls(**data)
+
+    @classmethod
+    def for_arch(cls, arch: Arch, latent_dim: int) -> ModelConfig:
+        """Each architecture's published shape (resconv: model v2, conv: model v1)."""
+        if arch == "resconv":
+            return cls(
+                arch=arch,
+                latent_dim=latent_dim,
+                conv_channels=(32, 64),
+                conv_hidden_dim=512,
+                residual_blocks=1,
+            )
+        return cls(arch=arch, latent_dim=latent_dim)
 
 
 def bernoulli_nll(logits: Tensor, x: Tensor) -> Tensor:
@@ -131,6 +151,86 @@ class ConvDecoder(nn.Module):
         return logits
 
 
+class ResidualBlock(nn.Module):
+    """x + conv(silu(conv(silu(x)))), 3x3, same channels and size: depth at a resolution
+    without the vanishing gradients of a plain stack (He et al. 2016, pre-activation)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        residual: Tensor = self.conv2(F.silu(self.conv1(F.silu(x))))
+        return x + residual
+
+
+class ResConvEncoder(nn.Module):
+    """Model v2's encoder: v1's two stride-2 convolutions, wider, each followed by residual
+    blocks at its resolution."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        c1, c2 = config.conv_channels
+        blocks = config.residual_blocks
+        self.features = nn.Sequential(
+            nn.Conv2d(1, c1, kernel_size=4, stride=2, padding=1),  # (B, c1, 14, 14)
+            *[ResidualBlock(c1) for _ in range(blocks)],
+            nn.SiLU(),
+            nn.Conv2d(c1, c2, kernel_size=4, stride=2, padding=1),  # (B, c2, 7, 7)
+            *[ResidualBlock(c2) for _ in range(blocks)],
+            nn.SiLU(),
+            nn.Flatten(),
+            nn.Linear(c2 * 7 * 7, config.conv_hidden_dim),
+            nn.SiLU(),
+        )
+        self.mu = nn.Linear(config.conv_hidden_dim, config.latent_dim)
+        self.logvar = nn.Linear(config.conv_hidden_dim, config.latent_dim)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.posterior(self.hidden(x))
+
+    def hidden(self, x: Tensor) -> Tensor:
+        """(B, 1, 28, 28) -> (B, conv_hidden_dim) features."""
+        features: Tensor = self.features(x)
+        return features
+
+    def posterior(self, hidden: Tensor) -> tuple[Tensor, Tensor]:
+        return self.mu(hidden), self.logvar(hidden)
+
+
+class ResConvDecoder(nn.Module):
+    """Model v2's decoder: residual blocks at 7x7 and 14x14, and a 3x3 convolution at full
+    resolution after the last upsampling, so that each output pixel sees its neighbours
+    (v1's last layer is the transposed convolution itself, which leaves a checkerboard)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        c1, c2 = config.conv_channels
+        blocks = config.residual_blocks
+        self.net = nn.Sequential(
+            nn.Linear(config.latent_dim, config.conv_hidden_dim),
+            nn.SiLU(),
+            nn.Linear(config.conv_hidden_dim, c2 * 7 * 7),
+            nn.Unflatten(1, (c2, 7, 7)),
+            *[ResidualBlock(c2) for _ in range(blocks)],
+            nn.SiLU(),
+            nn.ConvTranspose2d(c2, c1, kernel_size=4, stride=2, padding=1),  # (B, c1, 14, 14)
+            *[ResidualBlock(c1) for _ in range(blocks)],
+            nn.SiLU(),
+            nn.ConvTranspose2d(c1, c1 // 2, kernel_size=4, stride=2, padding=1),  # 28x28
+            nn.SiLU(),
+            nn.Conv2d(c1 // 2, 1, kernel_size=3, padding=1),  # (B, 1, 28, 28)
+        )
+
+    def forward(self, z: Tensor) -> Tensor:
+        logits: Tensor = self.net(z)
+        return logits
+
+
+Encoder = MLPEncoder | ConvEncoder | ResConvEncoder
+Decoder = MLPDecoder | ConvDecoder | ResConvDecoder
+
 ORIENTATIONS = 8  # the dihedral group of the square: 4 rotations, each with or without transpose
 
 
@@ -158,13 +258,42 @@ class OrientationHead(nn.Module):
         return logits
 
 
+class LatentPrior(nn.Module):
+    """A Gaussian mixture over the latent space that /sample draws from: fitted after
+    training to the posterior means of the training digits (ex-post density estimation,
+    Ghosh et al. 2020), because the aggregate posterior of a trained VAE leaves holes in
+    N(0, I) that decode to blurs. Until it is fitted it is one component, N(0, I) itself."""
+
+    def __init__(self, latent_dim: int) -> None:
+        super().__init__()
+        self.register_buffer("log_weights", torch.zeros(1))
+        self.register_buffer("means", torch.zeros(1, latent_dim))
+        self.register_buffer("scale_tril", torch.eye(latent_dim).unsqueeze(0))
+
+    def set_mixture(self, log_weights: Tensor, means: Tensor, scale_tril: Tensor) -> None:
+        """Replace the mixture: (K,) log weights, (K, D) means, (K, D, D) Cholesky factors."""
+        self.log_weights = log_weights.detach().clone()
+        self.means = means.detach().clone()
+        self.scale_tril = scale_tril.detach().clone()
+
+    def forward(self, uniform: Tensor, eps: Tensor, temperature: float) -> Tensor:
+        """(N,) uniform draws pick components by inverse CDF; (N, D) standard-normal draws
+        become mean + temperature * L eps. Draws come in so that a seed reproduces them."""
+        cumulative = torch.cumsum(torch.softmax(self.log_weights, dim=0), dim=0)
+        component = torch.searchsorted(cumulative, uniform.contiguous()).clamp(
+            max=cumulative.shape[0] - 1
+        )
+        spread = torch.bmm(self.scale_tril[component], eps.unsqueeze(2)).squeeze(2)
+        return self.means[component] + temperature * spread
+
+
 class VAE(nn.Module):
     """Encoder + decoder (+ orientation head) with the exported methods the service calls."""
 
     def __init__(
         self,
-        encoder: MLPEncoder | ConvEncoder,
-        decoder: MLPDecoder | ConvDecoder,
+        encoder: Encoder,
+        decoder: Decoder,
         latent_dim: int,
         hidden_dim: int,
     ) -> None:
@@ -172,6 +301,7 @@ class VAE(nn.Module):
         self.encoder = encoder
         self.decoder = decoder
         self.orientation = OrientationHead(hidden_dim)
+        self.prior = LatentPrior(latent_dim)
         self.latent_dim = latent_dim
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -213,6 +343,23 @@ class VAE(nn.Module):
         return bernoulli_nll(self.decoder(mu), x), gaussian_kl(mu, logvar), -upright
 
     @torch.jit.export
+    def reconstruct_with_terms(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """`reconstruct` and `anomaly_terms` from one encoder and one decoder pass: the
+        (B, 1, 28, 28) reconstruction, then the three (B,) terms as `anomaly_terms` has them."""
+        hidden = self.encoder.hidden(x)
+        mu, logvar = self.encoder.posterior(hidden)
+        upright = torch.log_softmax(self.orientation(hidden), dim=1)[:, 0]
+        logits = self.decoder(mu)
+        return torch.sigmoid(logits), bernoulli_nll(logits, x), gaussian_kl(mu, logvar), -upright
+
+    @torch.jit.export
+    def prior_latents(self, uniform: Tensor, eps: Tensor, temperature: float) -> Tensor:
+        """Latents drawn from the fitted prior (`LatentPrior`): (N,) uniform and (N, D)
+        standard-normal draws -> (N, D). N(0, I) itself until the prior is fitted."""
+        latents: Tensor = self.prior(uniform, eps, temperature)
+        return latents
+
+    @torch.jit.export
     def importance_terms(self, x: Tensor, eps: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Terms of the ELBO and IWAE bounds for K given standard-normal draws.
 
@@ -244,4 +391,13 @@ def build_model(config: ModelConfig) -> VAE:
         return VAE(
             ConvEncoder(config), ConvDecoder(config), config.latent_dim, config.conv_hidden_dim
         )
-    raise ValueError(f"unknown architecture {config.arch!r}: expected 'conv' or 'mlp'")
+    if config.arch == "resconv":
+        return VAE(
+            ResConvEncoder(config),
+            ResConvDecoder(config),
+            config.latent_dim,
+            config.conv_hidden_dim,
+        )
+    raise ValueError(
+        f"unknown architecture {config.arch!r}: expected one of {', '.join(ARCHITECTURES)}"
+    )

@@ -106,7 +106,14 @@ def _train(
             desc=f"epoch {epoch}/{config.epochs}",
         )
         train_terms, progress.step = train_one_epoch(
-            model, batches, optimizer, scheduler, progress.step, warmup_steps, config.beta
+            model,
+            batches,
+            optimizer,
+            scheduler,
+            progress.step,
+            warmup_steps,
+            config.beta,
+            config.precision,
         )
         val_terms = (
             evaluate(model, iterate_batches(val_images, 1024, device))
@@ -211,10 +218,15 @@ def _test_metrics(
     weights, because the k=1000 IWAE estimate takes minutes and re-exporting a finished run
     (e.g. to refit the orientation head) does not change it."""
     vae_hash = _vae_weights_hash(model)
+    iwae_images = _iwae_subset(splits.test, config.iwae_images, config.seed)
     cache = config.out / TEST_METRICS_FILE
     if cache.exists():
         cached = json.loads(cache.read_text())
-        if cached.get("vae_weights_sha256") == vae_hash and cached.get("iwae_k") == config.iwae_k:
+        if (
+            cached.get("vae_weights_sha256") == vae_hash
+            and cached.get("iwae_k") == config.iwae_k
+            and cached.get("iwae_images") == len(iwae_images)
+        ):
             logger.info("reusing test metrics from %s", cache)
             return {key: value for key, value in cached.items() if key != "vae_weights_sha256"}
     seed_everything(config.seed)
@@ -223,12 +235,12 @@ def _test_metrics(
     logger.info("test negative ELBO %.2f", test_terms.loss)
     iwae_generator = torch.Generator().manual_seed(config.seed)
     iwae_started = time.perf_counter()
-    iwae = iwae_nll(model, test_images, config.iwae_k, device, iwae_generator)
+    iwae = iwae_nll(model, iwae_images.to(device), config.iwae_k, device, iwae_generator)
     logger.info(
         "test IWAE NLL %.2f (k=%d, %d images) in %.1f s",
         iwae,
         config.iwae_k,
-        len(test_images),
+        len(iwae_images),
         timed(iwae_started),
     )
     metrics = {
@@ -237,16 +249,27 @@ def _test_metrics(
         "test_kl": round(test_terms.kl, 3),
         "test_iwae_nll": round(iwae, 3),
         "iwae_k": config.iwae_k,
+        "iwae_images": len(iwae_images),
         "active_units": active_units(model, test_images, device),
     }
     cache.write_text(json.dumps({**metrics, "vae_weights_sha256": vae_hash}, indent=2))
     return metrics
 
 
+def _iwae_subset(test: torch.Tensor, count: int | None, seed: int) -> torch.Tensor:
+    """The test images the IWAE estimate runs on: all of them, or a fixed random subset."""
+    if count is None or count >= len(test):
+        return test
+    order = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))
+    return test[order[:count]]
+
+
 def _vae_weights_hash(model: VAE) -> str:
-    """Hash of the encoder and decoder only (the orientation head is fitted afterwards)."""
+    """Hash of the encoder and decoder only (the orientation head and the prior are fitted
+    afterwards)."""
     state = model.state_dict()
-    return state_dict_sha256({k: v for k, v in state.items() if not k.startswith("orientation.")})
+    fitted_later = ("orientation.", "prior.")
+    return state_dict_sha256({k: v for k, v in state.items() if not k.startswith(fitted_later)})
 
 
 @torch.no_grad()
