@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Any
 
@@ -23,8 +23,11 @@ from app.execution import CpuExecution, Execution
 from vae_common.checkpoint import Checkpoint, load_checkpoint
 from vae_common.pixels import IMAGE_SIZE
 from vae_common.scoring import (
+    CALIBRATION_PATH_DESCRIPTIONS,
     DEFAULT_SCORE,
     DEFAULT_THRESHOLD_PERCENTILE,
+    PIXELS_PATH,
+    REFIT_PATH,
     SCORES,
     Calibration,
     ScoreBatch,
@@ -62,27 +65,36 @@ class Thresholds:
 
 
 @dataclass
+class CalibratedPath:
+    """What turns scores into percentiles for one input path (vae_common.scoring's
+    CALIBRATION_PATHS): the default score's fitted components and every score's table, from
+    validation digits sent that way."""
+
+    name: str
+    scorer: Scorer
+    calibrations: dict[str, Calibration]
+    default_thresholds: dict[str, Thresholds]
+
+
+@dataclass
 class Engine:
     checkpoint: Checkpoint
     execution: Execution
-    scorer: Scorer
-    calibrations: dict[str, Calibration]  # the scores this checkpoint can serve
-    unavailable: dict[str, str]  # the scores it cannot, and why
+    # "pixels" always; "refit" when the checkpoint has a calibration for refitted pictures.
+    paths: dict[str, CalibratedPath]
+    unavailable: dict[str, str]  # the scores it cannot serve, and why
     default_score: str
     load_seconds: float = 0.0
-    # Per score: the validation percentile named in the checkpoint (p99), as a score.
-    default_thresholds: dict[str, Thresholds] = field(init=False)
 
-    def __post_init__(self) -> None:
-        calibration = self.checkpoint.metadata.get("calibration", {})
-        percentile = calibration.get("default_threshold_percentile", DEFAULT_THRESHOLD_PERCENTILE)
-        self.default_thresholds = {
-            name: Thresholds(
-                calibration.threshold_for_fpr(1.0 - percentile / 100.0),
-                f"validation p{percentile:g}",
-            )
-            for name, calibration in self.calibrations.items()
-        }
+    @property
+    def calibrations(self) -> dict[str, Calibration]:
+        """The scores this checkpoint can serve (every path has the same ones)."""
+        return self.paths[PIXELS_PATH].calibrations
+
+    def calibration_path(self, refit: bool) -> str:
+        """The calibration for a picture preprocess=mnist refitted (or kept as sent); a
+        checkpoint without a refit calibration (model v1) scores every input as pixels."""
+        return REFIT_PATH if refit and REFIT_PATH in self.paths else PIXELS_PATH
 
     @property
     def model_id(self) -> str:
@@ -98,11 +110,15 @@ class Engine:
 
     # --- primitives: (B, ...) CPU tensors in, CPU tensors with B rows out ---------------
 
-    def score(self, x: torch.Tensor, score_name: str, k: int | None) -> ScoreBatch:
-        """(B, 1, 28, 28) -> per-image (B,) score, reconstruction loss and KL."""
+    def score(
+        self, x: torch.Tensor, score_name: str, k: int | None, path: str = PIXELS_PATH
+    ) -> ScoreBatch:
+        """(B, 1, 28, 28) -> per-image (B,) score, reconstruction loss and KL, the default
+        score's components calibrated for input path `path`."""
+        scorer = self.paths[path].scorer
 
         def forward(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            result = self.scorer.score(x, score_name, k)
+            result = scorer.score(x, score_name, k)
             return result.score, result.reconstruction_loss, result.kl
 
         return ScoreBatch(*self.run(x, forward))
@@ -154,15 +170,25 @@ class Engine:
                 f"use one of {sorted(self.calibrations)}"
             )
 
-    def threshold(self, score_name: str, threshold: float | None, fpr: float | None) -> Thresholds:
+    def threshold(
+        self,
+        score_name: str,
+        threshold: float | None,
+        fpr: float | None,
+        path: str = PIXELS_PATH,
+    ) -> Thresholds:
         if threshold is not None:
             return Thresholds(threshold, "request")
+        calibrated = self.paths[path]
         if fpr is not None:
-            return Thresholds(self.calibrations[score_name].threshold_for_fpr(fpr), f"fpr={fpr:g}")
-        return self.default_thresholds[score_name]
+            value = calibrated.calibrations[score_name].threshold_for_fpr(fpr)
+            return Thresholds(value, f"fpr={fpr:g}")
+        return calibrated.default_thresholds[score_name]
 
-    def percentiles(self, score_name: str, scores: np.ndarray) -> np.ndarray:
-        return self.calibrations[score_name].percentile(scores)
+    def percentiles(
+        self, score_name: str, scores: np.ndarray, path: str = PIXELS_PATH
+    ) -> np.ndarray:
+        return self.paths[path].calibrations[score_name].percentile(scores)
 
     def card(self) -> dict[str, Any]:
         metadata = self.checkpoint.metadata
@@ -179,6 +205,7 @@ class Engine:
             "preprocessing": metadata["preprocessing"],
             "metrics": metadata["metrics"],
             "calibration": metadata.get("calibration", {}),
+            "calibration_paths": {name: CALIBRATION_PATH_DESCRIPTIONS[name] for name in self.paths},
             "default_score": self.default_score,
             "scores": {
                 name: {"definition": SCORES[name].definition, "default_k": SCORES[name].default_k}
@@ -255,34 +282,51 @@ def load_engine(
     execution = execution or CpuExecution()
     checkpoint = load_checkpoint(model_path, execution.device)
     calibration = checkpoint.metadata.get("calibration", {})
-    tables = calibration.get("scores", {})
-    components = calibration.get("components")
-    unavailable = {name: "no calibration table in the checkpoint" for name in SCORES}
-    for name in tables.keys() & SCORES.keys():
-        del unavailable[name]
-    if components is None and DEFAULT_SCORE not in unavailable:
-        unavailable[DEFAULT_SCORE] = "no fitted score components in the checkpoint"
+    unavailable = _unavailable_scores(calibration)
     if unavailable:
         logger.warning(
             "%s: scores unavailable: %s; export it with this version of vae-train",
             model_path,
             "; ".join(f"{name} ({why})" for name, why in unavailable.items()),
         )
-    calibrations = {
-        name: Calibration.from_table(tables[name]) for name in SCORES if name not in unavailable
-    }
+    paths = {PIXELS_PATH: _calibrated_path(PIXELS_PATH, checkpoint, calibration, unavailable)}
+    refit = calibration.get("paths", {}).get(REFIT_PATH)
+    if refit is not None and not _unavailable_scores(refit).keys() - unavailable.keys():
+        paths[REFIT_PATH] = _calibrated_path(REFIT_PATH, checkpoint, refit, unavailable)
     default_score = str(calibration.get("default_score", DEFAULT_SCORE))
-    engine = Engine(
-        checkpoint,
-        execution,
-        Scorer(checkpoint.module, components),
-        calibrations,
-        unavailable,
-        default_score,
-    )
+    engine = Engine(checkpoint, execution, paths, unavailable, default_score)
     _warm_up(engine, warm_up_rows)
     engine.load_seconds = time.perf_counter() - started
     return engine
+
+
+def _unavailable_scores(calibration: dict[str, Any]) -> dict[str, str]:
+    """The scores a calibration block has no table (or components) for, and why."""
+    tables = calibration.get("scores", {})
+    unavailable = {
+        name: "no calibration table in the checkpoint" for name in SCORES if name not in tables
+    }
+    if calibration.get("components") is None and DEFAULT_SCORE not in unavailable:
+        unavailable[DEFAULT_SCORE] = "no fitted score components in the checkpoint"
+    return unavailable
+
+
+def _calibrated_path(
+    name: str, checkpoint: Checkpoint, calibration: dict[str, Any], unavailable: dict[str, str]
+) -> CalibratedPath:
+    tables = calibration.get("scores", {})
+    calibrations = {
+        score: Calibration.from_table(tables[score]) for score in SCORES if score not in unavailable
+    }
+    percentile = calibration.get("default_threshold_percentile", DEFAULT_THRESHOLD_PERCENTILE)
+    defaults = {
+        score: Thresholds(
+            table.threshold_for_fpr(1.0 - percentile / 100.0), f"validation p{percentile:g}"
+        )
+        for score, table in calibrations.items()
+    }
+    scorer = Scorer(checkpoint.module, calibration.get("components"))
+    return CalibratedPath(name, scorer, calibrations, defaults)
 
 
 def _warm_up(engine: Engine, max_rows: int) -> None:
@@ -296,8 +340,9 @@ def _warm_up(engine: Engine, max_rows: int) -> None:
     engine.sample(WARMUP_BATCH, 1.0, seed=0)
     engine.reconstruct(x)
     engine.encode(x)
-    for name in engine.calibrations:
-        engine.score(x, name, None)
+    for path in engine.paths:
+        for name in engine.calibrations:
+            engine.score(x, name, None, path)
     # Without the default score's calibration, the reconstruction score makes the same
     # encoder and decoder passes.
     bucket_score = (

@@ -9,12 +9,19 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 import pyspng
 import torch
 from PIL import Image, UnidentifiedImageError
 
 from app.errors import InvalidInputError, UnsupportedMediaTypeError
-from vae_common.pixels import IMAGE_SIZE, FloatImage, mnist_style, to_unit_interval
+from vae_common.pixels import (
+    IMAGE_SIZE,
+    FloatImage,
+    PreparedDigit,
+    mnist_digit,
+    to_unit_interval,
+)
 
 Preprocess = Literal["mnist", "none"]
 ACCEPTED_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")
@@ -266,10 +273,24 @@ def _shrink(levels: FloatImage) -> FloatImage:
     return np.asarray(picture, dtype=np.float32)
 
 
+@dataclass(frozen=True)
+class Digits:
+    """Decoded uploads: (B, 28, 28) float32 pixels in [0, 1], and for each whether
+    preprocess=mnist refitted it (which calibration its score takes)."""
+
+    pixels: FloatImage
+    refit: npt.NDArray[np.bool_]
+
+
 def prepare_digit(decoded: DecodedImage, preprocess: Preprocess, name: str = "image") -> FloatImage:
     """A decoded picture -> (28, 28) MNIST-style pixels in [0, 1]."""
+    return prepare(decoded, preprocess, name).pixels
+
+
+def prepare(decoded: DecodedImage, preprocess: Preprocess, name: str = "image") -> PreparedDigit:
+    """A decoded picture -> (28, 28) MNIST-style pixels, and whether they were refitted."""
     if preprocess == "mnist":
-        return mnist_style(decoded.gray, decoded.alpha)
+        return mnist_digit(decoded.gray, decoded.alpha)
     if decoded.original_size != (IMAGE_SIZE, IMAGE_SIZE):
         width, height = decoded.original_size
         raise ImageInputError(
@@ -277,7 +298,8 @@ def prepare_digit(decoded: DecodedImage, preprocess: Preprocess, name: str = "im
             "send preprocess=mnist to have it converted"
         )
     # Already MNIST-style: white on black; transparent pixels count as background.
-    return decoded.gray if decoded.alpha is None else decoded.gray * decoded.alpha
+    pixels = decoded.gray if decoded.alpha is None else decoded.gray * decoded.alpha
+    return PreparedDigit(pixels, refit=False)
 
 
 def image_bytes_to_pixels(
@@ -286,7 +308,17 @@ def image_bytes_to_pixels(
     limits: DecodeLimits | int,
     label: str = "files",
 ) -> FloatImage:
-    """Decode and preprocess several uploads -> (B, 28, 28) float32 pixels in [0, 1].
+    """Decode and preprocess several uploads -> (B, 28, 28) float32 pixels in [0, 1]."""
+    return image_bytes_to_digits(payloads, preprocess, limits, label).pixels
+
+
+def image_bytes_to_digits(
+    payloads: list[bytes],
+    preprocess: Preprocess,
+    limits: DecodeLimits | int,
+    label: str = "files",
+) -> Digits:
+    """Decode and preprocess several uploads -> their pixels and refit flags.
 
     Every header is read before any pixel is decoded, so a request over the decode budget
     is refused having cost microseconds, not the seconds its images would take."""
@@ -306,13 +338,13 @@ def image_bytes_to_pixels(
             "request (VAE_MAX_REQUEST_PIXELS): send smaller pictures or fewer per request"
         )
     digits = [
-        prepare_digit(
-            image if isinstance(image, DecodedImage) else load_image(image), preprocess, name
-        )
+        prepare(image if isinstance(image, DecodedImage) else load_image(image), preprocess, name)
         for image, name in zip(opened, names, strict=True)
     ]
-    pixels: FloatImage = np.stack(digits)
-    return pixels
+    return Digits(
+        np.stack([digit.pixels for digit in digits]),
+        np.array([digit.refit for digit in digits], dtype=bool),
+    )
 
 
 def _decode_cost(image: OpenedImage | DecodedImage) -> int:

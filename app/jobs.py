@@ -21,7 +21,7 @@ import torch
 from app.engine import Engine
 from app.errors import InvalidInputError
 from app.imaging import pixels_to_tensor
-from vae_common.scoring import SCORES
+from vae_common.scoring import PIXELS_PATH, SCORES
 
 Outputs = tuple[np.ndarray, ...]
 
@@ -51,6 +51,8 @@ class ScoreJob(Job):
 
     score: str
     k: int | None  # Monte Carlo samples; None for deterministic scores
+    # The input path whose calibration turns scores into percentiles (Engine.paths).
+    calibration: str = PIXELS_PATH
 
     @classmethod
     def for_request(
@@ -61,6 +63,7 @@ class ScoreJob(Job):
         max_k: int,
         images: int = 1,
         max_decodes: int | None = None,
+        calibration: str = PIXELS_PATH,
     ) -> ScoreJob:
         """The job a request asks for: the model's default score unless it names one; k
         defaults per score; 422 for a score the model cannot serve, k above VAE_MAX_IWAE_K,
@@ -79,7 +82,7 @@ class ScoreJob(Job):
                 f"(at most {max(max_decodes // images, 1)} for {images} images) or send "
                 "fewer images per request"
             )
-        return cls(name, samples)
+        return cls(name, samples, calibration)
 
     @property
     def heavy(self) -> bool:
@@ -87,9 +90,12 @@ class ScoreJob(Job):
 
     def run(self, engine: Engine, inputs: np.ndarray) -> Outputs:
         engine.check_available(self.score)  # the engine may have changed since for_request
-        result = engine.score(pixels_to_tensor(inputs), self.score, self.k)
+        # A reloaded model may lack the calibration this job was made for (model v1 has no
+        # refit calibration): it then scores the way it scores everything.
+        path = self.calibration if self.calibration in engine.paths else PIXELS_PATH
+        result = engine.score(pixels_to_tensor(inputs), self.score, self.k, path)
         scores = result.score.numpy()
-        percentiles = engine.percentiles(self.score, scores.astype(np.float64))
+        percentiles = engine.percentiles(self.score, scores.astype(np.float64), path)
         return scores, result.reconstruction_loss.numpy(), result.kl.numpy(), percentiles
 
 

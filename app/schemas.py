@@ -140,8 +140,19 @@ class ImageScore(BaseModel):
     score: float
     reconstruction_loss: float = Field(description="-log p(x | z = mu(x)) in nats")
     kl: float = Field(description="KL(q(z|x) || p(z)) in nats")
-    percentile: float = Field(description="% of validation digits scoring at or below this")
-    is_anomaly: bool
+    percentile: float = Field(
+        description="% of validation digits sent the same way (see `calibration`) scoring at "
+        "or below this"
+    )
+    is_anomaly: bool = Field(description="score > threshold")
+    calibration: str = Field(
+        description="the validation digits this image is compared with: `pixels` (digits as "
+        "MNIST stores them: JSON pixels, preprocess=none, and 28x28 uploads preprocess=mnist "
+        "keeps as sent) or `refit` (digits rendered as pictures and refitted by "
+        "preprocess=mnist: scans, photos, drawings); see GET /model `calibration_paths`",
+        examples=["pixels", "refit"],
+    )
+    threshold: float = Field(description="the cut for this image's calibration")
 
 
 class AnomalyResponse(BaseModel):
@@ -151,7 +162,9 @@ class AnomalyResponse(BaseModel):
     score: ScoreName
     score_definition: str
     k: int | None = Field(description="Monte Carlo samples used; null for reconstruction")
-    threshold: float
+    threshold: float = Field(
+        description="the cut for the first image's calibration; each result has its own"
+    )
     threshold_source: str = Field(examples=["validation p99", "fpr=0.05", "request"])
     results: list[ImageScore]
 

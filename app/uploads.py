@@ -23,8 +23,9 @@ from app.config import Settings
 from app.errors import InvalidInputError, UnsupportedMediaTypeError, describe_validation_errors
 from app.imaging import (
     DecodeLimits,
+    Digits,
     Preprocess,
-    image_bytes_to_pixels,
+    image_bytes_to_digits,
     is_small_png,
     pixels_to_array,
 )
@@ -43,13 +44,20 @@ Body = TypeVar("Body", bound=BaseModel)
 
 async def read_images(request: Request, preprocess: Preprocess, settings: Settings) -> np.ndarray:
     """multipart `files`, JSON `images` (base64) or JSON `pixels` -> (B, 28, 28) pixels."""
+    return (await read_digits(request, preprocess, settings)).pixels
+
+
+async def read_digits(request: Request, preprocess: Preprocess, settings: Settings) -> Digits:
+    """multipart `files`, JSON `images` (base64) or JSON `pixels` -> (B, 28, 28) pixels, and
+    which of them preprocess=mnist refitted (JSON pixels never are)."""
     content_type = media_type(request)
     if content_type == "multipart/form-data":
         payloads = await _uploaded_files(request, "files", settings.max_batch, " (VAE_MAX_BATCH)")
     elif content_type == "application/json":
         field, items = json_images_or_pixels(await request.body(), settings.max_batch)
         if field == "pixels":
-            return await run_in_threadpool(pixels_to_array, items)
+            pixels = await run_in_threadpool(pixels_to_array, items)
+            return Digits(pixels, np.zeros(len(pixels), dtype=bool))
         payloads = [_base64_image(text, index) for index, text in enumerate(items)]
     else:
         raise UnsupportedMediaTypeError(
@@ -57,7 +65,7 @@ async def read_images(request: Request, preprocess: Preprocess, settings: Settin
             "with one or more 'files', or application/json with 'images' or 'pixels'"
         )
     label = "files" if content_type == "multipart/form-data" else "images"
-    return await decode_uploads(payloads, preprocess, decode_limits(settings), label)
+    return await decode_digits(payloads, preprocess, decode_limits(settings), label)
 
 
 async def read_image(
@@ -105,11 +113,19 @@ async def decode_uploads(
     payloads: list[bytes], preprocess: Preprocess, limits: DecodeLimits, label: str
 ) -> np.ndarray:
     """Image files -> (B, 28, 28) pixels; inline when tiny, else in the thread pool."""
+    return (await decode_digits(payloads, preprocess, limits, label)).pixels
+
+
+async def decode_digits(
+    payloads: list[bytes], preprocess: Preprocess, limits: DecodeLimits, label: str
+) -> Digits:
+    """Image files -> their pixels and refit flags; inline when tiny, else in the thread
+    pool."""
     if len(payloads) <= INLINE_DECODE_MAX_IMAGES and all(
         is_small_png(data, INLINE_DECODE_MAX_SIDE) for data in payloads
     ):
-        return image_bytes_to_pixels(payloads, preprocess, limits, label)
-    return await run_in_threadpool(image_bytes_to_pixels, payloads, preprocess, limits, label)
+        return image_bytes_to_digits(payloads, preprocess, limits, label)
+    return await run_in_threadpool(image_bytes_to_digits, payloads, preprocess, limits, label)
 
 
 def media_type(request: Request) -> str:

@@ -23,6 +23,7 @@ from training.model import VAE, ModelConfig, build_model
 from training.orientation import fit_orientation_head
 from training.plots import write_loss_curve, write_reconstructions, write_samples
 from training.progress import heartbeat, track
+from training.renderings import RENDERINGS, refit_calibration_digits
 from training.state import (
     STATE_FILE,
     RunProgress,
@@ -36,7 +37,7 @@ from training.train import active_units, evaluate, iwae_nll, timed, train_one_ep
 from vae_common.checkpoint import state_dict_sha256
 from vae_common.devices import DeviceUnavailableError, resolve_device
 from vae_common.pixels import PixelSpec, to_unit_interval
-from vae_common.scoring import calibrate_scores
+from vae_common.scoring import REFIT_PATH, calibrate_scores
 
 logger = logging.getLogger("vae-train")
 
@@ -179,6 +180,18 @@ def _finish(
         f"calibrating the anomaly scores on {len(calibration_images)} {calibration_split} images"
     ):
         calibration = calibrate_scores(scripted, to_unit_interval(calibration_images))
+    with heartbeat(
+        f"calibrating the refit path: {len(calibration_images)} {calibration_split} images "
+        "rendered as pictures, then preprocess=mnist"
+    ):
+        refit = refit_calibration_digits(calibration_images.numpy(), config.seed)
+        calibration["paths"] = {
+            REFIT_PATH: {
+                "split": calibration_split,
+                "rendered_as": [render.__name__ for render in RENDERINGS],
+                **calibrate_scores(scripted, to_unit_interval(torch.from_numpy(refit))),
+            }
+        }
     metadata = {
         "architecture": model_config.to_dict(),
         "preprocessing": {

@@ -7,6 +7,7 @@ real-world pictures go through `mnist_style` first.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Any
@@ -55,19 +56,41 @@ def to_unit_interval(images: torch.Tensor) -> torch.Tensor:
     return images.to(torch.float32).clamp_(0.0, 1.0)
 
 
+@dataclass(frozen=True)
+class PreparedDigit:
+    """An upload after `mnist_digit`: the (28, 28) pixels, and whether they were refitted.
+    `refit` False means the upload already was an MNIST-style digit and is scored exactly as
+    its pixels; True means it was cropped, resized and centred here, a different input
+    distribution with a calibration of its own (vae_common.scoring, `CALIBRATIONS`)."""
+
+    pixels: FloatImage
+    refit: bool
+
+
 def mnist_style(gray: FloatImage, alpha: FloatImage | None = None) -> FloatImage:
-    """A picture of one digit, any size, grey levels in [0, 1] -> (28, 28) MNIST-style image.
+    """A picture of one digit, any size, grey levels in [0, 1] -> (28, 28) MNIST-style image
+    (`mnist_digit`'s pixels)."""
+    return mnist_digit(gray, alpha).pixels
+
+
+def mnist_digit(gray: FloatImage, alpha: FloatImage | None = None) -> PreparedDigit:
+    """A picture of one digit, any size, grey levels in [0, 1] -> MNIST-style (28, 28).
 
     MNIST's own recipe: flatten transparency onto the background, make the digit white on
-    black (inverting a light background), crop to the ink, fit into 20x20 keeping the aspect
-    ratio (with anti-aliasing), stretch the strokes to full white, then place it so its
-    centre of mass is the centre of 28x28.
+    black (inverting a light background), remove the background, crop to the ink, fit into
+    20x20 keeping the aspect ratio (with anti-aliasing), stretch the strokes to full white,
+    then place it so its centre of mass is the centre of 28x28.
+    - An upload that already is such a digit (28x28, ink box 19-21 pixels, centre of mass
+      within a pixel of the centre: what MNIST's files hold) is kept as sent: refitting it
+      again would only resample it (and cut its faint edge pixels) for nothing.
+    - The background is a plane fitted to the picture's border, not one grey level: a phone
+      photo's paper darkens across the frame, and a flat level leaves a wedge of grey "ink".
+    - Sensor noise above the background is removed before cropping (soft threshold at three
+      times its spread on the border): MNIST's background is exactly 0.
     A picture with no ink at all comes back black.
 
     This runs once per uploaded image on the service's hot path, so each step is written
-    with few numpy calls (a 28x28 upload took ~200 us through np.median, np.clip and
-    np.indices, ~50 us now); every step computes the same float32 values as the plain
-    recipe (tests/test_pixels.py holds that recipe and compares).
+    with few numpy calls.
     """
     if gray.ndim != 2 or gray.size == 0:
         raise ValueError(f"expected a non-empty 2-D grey image, got shape {gray.shape}")
@@ -76,20 +99,102 @@ def mnist_style(gray: FloatImage, alpha: FloatImage | None = None) -> FloatImage
         gray = _flatten_alpha(gray, alpha.astype(np.float32, copy=False))
     if _background_level(gray) > 0.5:
         gray = 1.0 - gray
-    # Subtract the background so paper that is grey rather than black does not count as ink.
-    ink = _clip_unit(gray - _background_level(gray))
+    ink, noise = _remove_background(gray)
+    if gray.shape == (IMAGE_SIZE, IMAGE_SIZE) and _already_fitted(ink):
+        return PreparedDigit(ink, refit=False)
+    if noise > 0.0:
+        # Soft threshold: the faint edges of strokes keep their shape, the noise goes.
+        ink = _clip_unit(ink - np.float32(NOISE_FLOOR_SIGMAS * noise))
     box = _ink_bounding_box(ink)
     if box is None:
-        return np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
-    top, bottom, left, right = box
-    digit = _fit_into_box(ink[top:bottom, left:right], DIGIT_BOX)
+        return PreparedDigit(np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32), refit=True)
+    digit = _fit_into_box(ink, box, DIGIT_BOX)
     # MNIST's sources were bilevel scans: its strokes always reach full white. Stretch so
     # that a photo's grey, anti-aliased strokes do too.
     peak = max(float(digit.max()), 1e-6)
-    if peak != 1.0:  # dividing by 1 changes nothing: MNIST digits skip it
+    if peak != 1.0:
         digit /= peak
         digit = _clip_unit(digit)
-    return _centre_by_mass(digit)
+    return PreparedDigit(_centre_by_mass(digit), refit=True)
+
+
+# An upload is "already fitted" when its ink box is this long (MNIST: 20 for 99.9% of its
+# digits with this ink threshold) and its centre of mass this close to the frame's centre.
+FITTED_BOX_SIDES = range(DIGIT_BOX - 1, DIGIT_BOX + 2)
+FITTED_CENTRE_TOLERANCE = 1.0
+NOISE_FLOOR_SIGMAS = 3.0
+# Border pixels further than this many robust spreads from the fitted plane are ink (a
+# digit touching the frame), left out of the second fit.
+PLANE_OUTLIER_SIGMAS = 3.0
+
+
+def _remove_background(gray: FloatImage) -> tuple[FloatImage, float]:
+    """gray minus its background, clipped to [0, 1], and the noise spread on the border.
+
+    A border of one level (MNIST's, a clean scan's) is that level, with no noise: the
+    common case costs one sort. Otherwise the background is a plane a + b*row + c*col
+    fitted to the border by least squares, refitted without the border pixels that stand
+    out from it (strokes reaching the frame); the spread is 1.4826 x the median absolute
+    residual (the standard deviation of Gaussian noise)."""
+    level = _background_level(gray)
+    border = _border(gray)
+    if not np.isfinite(level) or float(border.max() - border.min()) <= 1.0 / 255.0:
+        return _clip_unit(gray - np.float32(level)), 0.0
+    height, width = gray.shape
+    rows, cols = _border_coordinates(height, width)
+    design = np.stack((np.ones_like(rows), rows, cols), axis=1)
+    values = border.astype(np.float64)
+    coefficients = np.linalg.lstsq(design, values, rcond=None)[0]
+    residuals = values - design @ coefficients
+    spread = 1.4826 * float(np.median(np.abs(residuals)))
+    keep = residuals <= PLANE_OUTLIER_SIGMAS * max(spread, 1.0 / 255.0)
+    if not keep.all() and keep.sum() >= 3:
+        coefficients = np.linalg.lstsq(design[keep], values[keep], rcond=None)[0]
+        residuals = values[keep] - design[keep] @ coefficients
+        spread = 1.4826 * float(np.median(np.abs(residuals)))
+    row_index, col_index = _index_grids(height, width)
+    plane = (coefficients[0] + coefficients[1] * row_index + coefficients[2] * col_index).astype(
+        np.float32
+    )
+    return _clip_unit(gray - plane), spread
+
+
+def _border(gray: FloatImage) -> FloatImage:
+    """The one-pixel border, in the order `_border_coordinates` lists."""
+    border: FloatImage = np.concatenate((gray[0, :], gray[-1, :], gray[:, 0], gray[:, -1]))
+    return border
+
+
+@lru_cache(maxsize=64)
+def _border_coordinates(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    rows = np.concatenate(
+        (np.zeros(width), np.full(width, height - 1), np.arange(height), np.arange(height))
+    ).astype(np.float64)
+    cols = np.concatenate(
+        (np.arange(width), np.arange(width), np.zeros(height), np.full(height, width - 1))
+    ).astype(np.float64)
+    rows.flags.writeable = False
+    cols.flags.writeable = False
+    return rows, cols
+
+
+def _already_fitted(ink: FloatImage) -> bool:
+    """28x28 ink whose box and centre of mass are where MNIST's recipe puts them."""
+    box = _ink_bounding_box(ink)
+    if box is None:
+        return False
+    top, bottom, left, right = box
+    if max(bottom - top, right - left) not in FITTED_BOX_SIDES:
+        return False
+    total = float(ink.sum())
+    rows, cols = _index_grids(IMAGE_SIZE, IMAGE_SIZE)
+    middle = (IMAGE_SIZE - 1) / 2
+    centre_row = float((rows * ink).sum()) / total
+    centre_col = float((cols * ink).sum()) / total
+    return (
+        abs(centre_row - middle) <= FITTED_CENTRE_TOLERANCE
+        and abs(centre_col - middle) <= FITTED_CENTRE_TOLERANCE
+    )
 
 
 def _clip_unit(values: FloatImage) -> FloatImage:
@@ -119,7 +224,7 @@ def _background_level(gray: FloatImage) -> float:
     np.median's value (the mean of the two middle values of an even count, in float32; NaN
     when there is one), from one sort: np.median costs ~25 us on a 108-pixel border.
     """
-    border = np.concatenate((gray[0, :], gray[-1, :], gray[:, 0], gray[:, -1]))
+    border = _border(gray)
     border.sort()
     if np.isnan(border[-1]):  # NaN sorts last
         return float("nan")
@@ -138,16 +243,28 @@ def _ink_bounding_box(ink: FloatImage) -> tuple[int, int, int, int] | None:
     return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 
-def _fit_into_box(ink: FloatImage, box: int) -> FloatImage:
-    """Resize (Lanczos) so the long side is `box` pixels; a new array, clipped to [0, 1]."""
-    height, width = ink.shape
-    scale = box / max(height, width)
-    new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    if new_size == (width, height):
-        # Pillow's resize to the same size returns a copy: skip the round trip (MNIST
-        # digits already are 20 pixels on their long side).
-        return _clip_unit(ink.copy())
-    resized = Image.fromarray(ink).resize(new_size, Image.Resampling.LANCZOS)
+def _fit_into_box(ink: FloatImage, box: tuple[int, int, int, int], side: int) -> FloatImage:
+    """Resize (Lanczos) so the ink box's long side is `side` pixels; a new array, clipped
+    to [0, 1]. The crop keeps a margin of two output pixels around the box: the faint
+    anti-aliased edges that fall under the ink threshold are part of the digit."""
+    top, bottom, left, right = box
+    height, width = bottom - top, right - left
+    scale = side / max(height, width)
+    margin = math.ceil(2.0 / scale)
+    height_limit, width_limit = ink.shape
+    top, left = max(top - margin, 0), max(left - margin, 0)
+    bottom, right = min(bottom + margin, height_limit), min(right + margin, width_limit)
+    crop = ink[top:bottom, left:right]
+    crop_height, crop_width = crop.shape
+    # At most 28 pixels: the margin may not push a side past the frame.
+    new_size = (
+        min(IMAGE_SIZE, max(1, round(crop_width * scale))),
+        min(IMAGE_SIZE, max(1, round(crop_height * scale))),
+    )
+    if new_size == (crop_width, crop_height):
+        # Pillow's resize to the same size returns a copy: skip the round trip.
+        return _clip_unit(crop.copy())
+    resized = Image.fromarray(crop).resize(new_size, Image.Resampling.LANCZOS)
     return _clip_unit(np.array(resized, dtype=np.float32))
 
 

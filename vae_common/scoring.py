@@ -32,6 +32,17 @@ import torch
 from torch import Tensor
 
 NOISE_SEED = 20_261_127
+
+# Input paths with a calibration of their own: percentiles and thresholds hold for inputs
+# that arrive the way the calibration digits did.
+PIXELS_PATH = "pixels"
+REFIT_PATH = "refit"
+CALIBRATION_PATH_DESCRIPTIONS = {
+    PIXELS_PATH: "validation digits as MNIST stores them: JSON pixels, preprocess=none, and "
+    "uploads that preprocess=mnist keeps as sent (already 28x28, fitted and centred)",
+    REFIT_PATH: "validation digits rendered as pictures (resampled drawings, scans, phone "
+    "photos under uneven light), then cropped, resized and centred by preprocess=mnist",
+}
 DEFAULT_ELBO_SAMPLES = 16
 DEFAULT_IWAE_SAMPLES = 64
 MAX_SAMPLES = 1000

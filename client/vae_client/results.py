@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +48,12 @@ class ImageScore:
     score: float
     reconstruction_loss: float
     kl: float
-    percentile: float  # % of validation digits scoring at or below this
+    percentile: float  # % of validation digits sent the same way scoring at or below this
     is_anomaly: bool
+    # "pixels" or "refit": the validation digits this image is compared with (services
+    # before model v2 send neither field).
+    calibration: str = "pixels"
+    threshold: float | None = None  # the cut for this image's calibration
 
 
 @dataclass(frozen=True)
@@ -71,7 +75,7 @@ class AnomalyReport:
             k=body["k"],
             threshold=body["threshold"],
             threshold_source=body["threshold_source"],
-            results=[ImageScore(**result) for result in body["results"]],
+            results=[ImageScore(**_known(ImageScore, result)) for result in body["results"]],
         )
 
 
@@ -135,3 +139,9 @@ class ModelCard:
             default_score=body.get("default_score"),
             raw=body,
         )
+
+
+def _known(kind: type, reply: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a reply that `kind` has: a newer service may add more."""
+    names = {known.name for known in fields(kind)}
+    return {name: value for name, value in reply.items() if name in names}
