@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
+import torch
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -29,6 +30,13 @@ if TYPE_CHECKING:
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_MODEL = PROJECT_ROOT / "models" / "model.pt"
 MNIST_SAMPLE = Path(__file__).resolve().parent / "data" / "mnist_sample.npz"
+
+# One intra-op thread for the models this process trains and runs: they are far too small to
+# gain from a team of two, and on a busy 2-core machine a team spends each op waiting for its
+# descheduled partner (a tiny training run: 7.9 s with two threads, 0.42 s with one, at load 3).
+# Tests of thread settings compare with the count before them, whatever it is; the servers the
+# suite starts as processes keep their own settings.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
