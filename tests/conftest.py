@@ -19,6 +19,7 @@ from PIL import Image
 
 from app.config import Settings
 from app.main import create_app
+from benchmarks.serve_load.servers import Server, running_service
 from scripts.browser_demo import chromium_path, launch_chromium
 from tests.synthetic import stroke_digits, write_idx_mnist
 from training.config import TrainConfig
@@ -93,6 +94,14 @@ def client(make_app: Callable[..., FastAPI]) -> Iterator[TestClient]:
 def shipped_client() -> Iterator[TestClient]:
     with TestClient(create_app(Settings(model_path=SHIPPED_MODEL, device="cpu"))) as test_client:
         yield test_client
+
+
+@pytest.fixture(scope="session")
+def shipped_service() -> Iterator[Server]:
+    """`python -m app` on the shipped checkpoint, as `make serve` starts it, started once for
+    the tests that only send it requests (the README's recipes, the real HTTP path)."""
+    with running_service(SHIPPED_MODEL, {"VAE_DEVICE": "cpu"}, name="shipped") as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
