@@ -75,11 +75,15 @@ def tiny_model_path(tiny_run: Path) -> Path:
     return tiny_run / "model.pt"
 
 
+def app_on(model_path: Path, **overrides: Any) -> FastAPI:
+    settings = {"model_path": model_path, "device": "cpu", **overrides}
+    return create_app(Settings(**settings))
+
+
 @pytest.fixture
 def make_app(tiny_model_path: Path) -> Callable[..., FastAPI]:
     def build(**overrides: Any) -> FastAPI:
-        settings = {"model_path": tiny_model_path, "device": "cpu", **overrides}
-        return create_app(Settings(**settings))
+        return app_on(overrides.pop("model_path", tiny_model_path), **overrides)
 
     return build
 
@@ -95,7 +99,7 @@ def module_client(tiny_model_path: Path) -> Iterator[TestClient]:
     """One app for a module whose tests only send requests and read the replies; such a
     module overrides `client` with it. (An app's start loads, verifies and warms up the
     model: 0.12-0.16 s here, for each of about a hundred tests.)"""
-    with TestClient(create_app(Settings(model_path=tiny_model_path, device="cpu"))) as test_client:
+    with TestClient(app_on(tiny_model_path)) as test_client:
         yield test_client
 
 

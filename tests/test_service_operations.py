@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 
 from app.batching import DynamicBatcher, Served
 from app.jobs import Job
-from tests.conftest import PROJECT_ROOT, png_of
+from tests.conftest import PROJECT_ROOT, app_on, png_of
 from tests.synthetic import stroke_digits
 from vae_common.checkpoint import CheckpointError
 
@@ -124,10 +124,11 @@ def test_process_exits_nonzero_with_one_clear_line_on_a_corrupt_checkpoint(
 # --- API key ------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def secured(make_app: Callable[..., FastAPI]) -> TestClient:
-    with TestClient(make_app(api_key=API_KEY)) as client:
-        yield client  # type: ignore[misc]
+@pytest.fixture(scope="module")
+def secured(tiny_model_path: Path) -> Iterator[TestClient]:
+    """The API key tests only send requests: one keyed app for them all."""
+    with TestClient(app_on(tiny_model_path, api_key=API_KEY)) as client:
+        yield client
 
 
 @pytest.mark.parametrize(
