@@ -35,8 +35,8 @@ MNIST_SAMPLE = Path(__file__).resolve().parent / "data" / "mnist_sample.npz"
 # One intra-op thread for the models this process trains and runs: they are far too small to
 # gain from a team of two, and on a busy 2-core machine a team spends each op waiting for its
 # descheduled partner (a tiny training run: 7.9 s with two threads, 0.42 s with one, at load 3).
-# Tests of thread settings compare with the count before them, whatever it is; the servers the
-# suite starts as processes keep their own settings.
+# Tests of thread settings that must see the count change or come back start from two
+# (two_torch_threads); the servers the suite starts as processes keep their own settings.
 torch.set_num_threads(1)
 
 
@@ -73,6 +73,16 @@ def tiny_run(fake_mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) ->
 @pytest.fixture(scope="session")
 def tiny_model_path(tiny_run: Path) -> Path:
     return tiny_run / "model.pt"
+
+
+@pytest.fixture
+def two_torch_threads() -> Iterator[None]:
+    """Two intra-op threads for a test of thread settings that must see a count change or come
+    back (the suite otherwise runs on one: see above)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
 
 
 def app_on(model_path: Path, **overrides: Any) -> FastAPI:

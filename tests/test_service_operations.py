@@ -259,6 +259,7 @@ def test_health_answers_while_a_batch_is_being_scored(
     assert elapsed < 5.0
 
 
+@pytest.mark.usefixtures("two_torch_threads")
 def test_two_model_instances_run_two_batches_at_once(
     make_app: Callable[..., FastAPI], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -283,13 +284,14 @@ def test_two_model_instances_run_two_batches_at_once(
     assert threads_seen == [1, 1]  # each instance computes on one thread
 
 
+@pytest.mark.usefixtures("two_torch_threads")
 def test_one_instance_gives_large_batches_every_intra_op_thread(
     make_app: Callable[..., FastAPI],
 ) -> None:
     # VAE_TORCH_THREADS=0 keeps torch's default (the default setting is 1 thread)
     with TestClient(make_app(torch_threads=0)) as client:
         engine = client.app.state.services.engine  # type: ignore[attr-defined]
-        assert engine.execution.large_batch_threads == torch.get_num_threads()
+        assert engine.execution.large_batch_threads == torch.get_num_threads() == 2
 
 
 def test_a_bad_request_does_not_affect_concurrent_good_ones(client: TestClient) -> None:
