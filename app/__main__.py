@@ -34,12 +34,13 @@ def settings_or_exit() -> Settings:
 
 
 def main() -> None:
+    # Settings first: a bad VAE_* variable is reported before torch loads (1.8 s here).
+    settings = settings_or_exit()
     # The process tuning reads environment variables that must be set before torch loads.
     from app.execution import CpuExecution
     from app.server import serve
 
     CpuExecution.tune_process()
-    settings = settings_or_exit()
     configure_logging(settings.log_level)
     for name in ("uvicorn.error", "uvicorn"):
         logging.getLogger(name).addFilter(_OneLineStartupFailure())

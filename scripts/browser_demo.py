@@ -87,8 +87,25 @@ def offline_page(browser: Browser, base_url: str, width: int = 1280) -> tuple[Pa
     return page, blocked
 
 
+# canvas.toBlob (how the demo page encodes a drawing) waits for an idle period between frames;
+# headless Chromium draws no frames for a still page, so it ran after a 1 s fallback, once per
+# pad: 1000 ms per toBlob, the interpolation strip 2.3 s after the last stroke. With a frame
+# loop running: 9-23 ms per toBlob, the strip 0.1 s after the stroke. Tests and screenshots only.
+KEEP_DRAWING_FRAMES = """() => {
+    if (window.keepingFrames) return;
+    window.keepingFrames = true;
+    const next = () => requestAnimationFrame(next);
+    next();
+}"""
+
+
+def keep_drawing_frames(page: Page) -> None:
+    page.evaluate(KEEP_DRAWING_FRAMES)
+
+
 def draw(page: Page, canvas_selector: str, strokes: Sequence[Stroke]) -> None:
     """Mouse strokes on a canvas (points in 280x280 pad coordinates)."""
+    keep_drawing_frames(page)
     canvas = page.locator(canvas_selector)
     canvas.scroll_into_view_if_needed()
     box = canvas.bounding_box()
@@ -114,6 +131,7 @@ def touch_draw(page: Page, canvas_selector: str, strokes: Sequence[Stroke]) -> N
     box = canvas.bounding_box()
     assert box is not None, f"{canvas_selector} is not on the page"
     scale = box["width"] / 280
+    keep_drawing_frames(page)
     devtools = page.context.new_cdp_session(page)
 
     def send(kind: str, points: Sequence[tuple[float, float]]) -> None:

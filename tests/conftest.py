@@ -12,12 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
+import torch
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.config import Settings
 from app.main import create_app
+from benchmarks.serve_load.servers import Server, running_service
 from scripts.browser_demo import chromium_path, launch_chromium
 from tests.synthetic import stroke_digits, write_idx_mnist
 from training.config import TrainConfig
@@ -29,6 +31,13 @@ if TYPE_CHECKING:
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_MODEL = PROJECT_ROOT / "models" / "model.pt"
 MNIST_SAMPLE = Path(__file__).resolve().parent / "data" / "mnist_sample.npz"
+
+# One intra-op thread for the models this process trains and runs: they are far too small to
+# gain from a team of two, and on a busy 2-core machine a team spends each op waiting for its
+# descheduled partner (a tiny training run: 7.9 s with two threads, 0.42 s with one, at load 3).
+# Tests of thread settings that must see the count change or come back start from two
+# (two_torch_threads); the servers the suite starts as processes keep their own settings.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
@@ -67,10 +76,24 @@ def tiny_model_path(tiny_run: Path) -> Path:
 
 
 @pytest.fixture
+def two_torch_threads() -> Iterator[None]:
+    """Two intra-op threads for a test of thread settings that must see a count change or come
+    back (the suite otherwise runs on one: see above)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def app_on(model_path: Path, **overrides: Any) -> FastAPI:
+    settings = {"model_path": model_path, "device": "cpu", **overrides}
+    return create_app(Settings(**settings))
+
+
+@pytest.fixture
 def make_app(tiny_model_path: Path) -> Callable[..., FastAPI]:
     def build(**overrides: Any) -> FastAPI:
-        settings = {"model_path": tiny_model_path, "device": "cpu", **overrides}
-        return create_app(Settings(**settings))
+        return app_on(overrides.pop("model_path", tiny_model_path), **overrides)
 
     return build
 
@@ -81,10 +104,27 @@ def client(make_app: Callable[..., FastAPI]) -> Iterator[TestClient]:
         yield test_client
 
 
+@pytest.fixture(scope="module")
+def module_client(tiny_model_path: Path) -> Iterator[TestClient]:
+    """One app for a module whose tests only send requests and read the replies; such a
+    module overrides `client` with it. (An app's start loads, verifies and warms up the
+    model: 0.12-0.16 s here, for each of about a hundred tests.)"""
+    with TestClient(app_on(tiny_model_path)) as test_client:
+        yield test_client
+
+
 @pytest.fixture(scope="session")
 def shipped_client() -> Iterator[TestClient]:
     with TestClient(create_app(Settings(model_path=SHIPPED_MODEL, device="cpu"))) as test_client:
         yield test_client
+
+
+@pytest.fixture(scope="session")
+def shipped_service() -> Iterator[Server]:
+    """`python -m app` on the shipped checkpoint, as `make serve` starts it, started once for
+    the tests that only send it requests (the README's recipes, the real HTTP path)."""
+    with running_service(SHIPPED_MODEL, {"VAE_DEVICE": "cpu"}, name="shipped") as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,11 +60,15 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
 
 
 @contextmanager
-def service_process(model_path: Path, log_dir: Path, **settings: str) -> Iterator[ServiceProcess]:
-    """settings: VAE_* names without the prefix, e.g. drain_seconds="2"."""
+def service_process(
+    model_path: Path, log_dir: Path, environment: Mapping[str, str] | None = None, **settings: str
+) -> Iterator[ServiceProcess]:
+    """settings: VAE_* names without the prefix, e.g. drain_seconds="2"; `environment`: other
+    variables, e.g. PROMETHEUS_MULTIPROC_DIR."""
     port = free_port()
     env = {
         **os.environ,
+        **(environment or {}),
         "VAE_MODEL_PATH": str(model_path),
         "VAE_DEVICE": "cpu",
         "VAE_PORT": str(port),

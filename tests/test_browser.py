@@ -23,7 +23,7 @@ from scripts.live_server import live_server
 from tests.conftest import SHIPPED_MODEL
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser
+    from playwright.sync_api import Browser, Page
 
 pytestmark = pytest.mark.browser
 
@@ -120,11 +120,22 @@ def test_interpolation_between_two_drawn_digits_shows_a_strip(
     assert blocked == []
 
 
-def test_docs_render_the_operations_without_internet(chromium: Browser, service_url: str) -> None:
+@pytest.fixture(scope="module")
+def shipped_docs(chromium: Browser, shipped_url: str) -> Iterator[tuple[Page, list[str]]]:
+    """/docs of the shipped model, loaded once (Swagger UI takes a second or two to render
+    here): each test below opens operations of its own, and none changes the service."""
+    page, blocked = offline_page(chromium, shipped_url)
+    page.goto(f"{shipped_url}/docs")
+    yield page, blocked
+    page.close()
+
+
+def test_docs_render_the_operations_without_internet(
+    shipped_docs: tuple[Page, list[str]],
+) -> None:
     from playwright.sync_api import expect
 
-    page, blocked = offline_page(chromium, service_url)
-    page.goto(f"{service_url}/docs")
+    page, blocked = shipped_docs
     operations = page.locator(".opblock-summary-path")
     expect(operations.first).to_be_visible()
     paths = set(operations.all_inner_texts())
@@ -135,13 +146,12 @@ def test_docs_render_the_operations_without_internet(chromium: Browser, service_
 
 @pytest.mark.parametrize("operation", ["decode", "encode", "interpolate"])
 def test_docs_try_it_out_runs_the_latent_examples(
-    chromium: Browser, shipped_url: str, operation: str
+    shipped_docs: tuple[Page, list[str]], operation: str
 ) -> None:
     """The examples are sized for the shipped model (latent size 32): Try it out, Execute."""
     from playwright.sync_api import expect
 
-    page, blocked = offline_page(chromium, shipped_url)
-    page.goto(f"{shipped_url}/docs")
+    page, blocked = shipped_docs
     block = page.locator(f"#operations-latent_space-{operation}_{operation}_post")
     block.locator(".opblock-summary").click()
     block.get_by_role("button", name="Try it out").click()

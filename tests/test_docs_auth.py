@@ -5,11 +5,14 @@ endpoints still guarded. VAE_PUBLIC_DOCS=false puts the pages behind the key too
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+
+from tests.conftest import app_on
 
 API_KEY = "docs-test-key"
 PAGES = ("/docs", "/redoc", "/openapi.json")
@@ -19,9 +22,10 @@ OPEN = {"/healthz": "get", "/readyz": "get", "/metrics": "get"}
 EITHER_SCHEME = [{"HTTPBearer": []}, {"APIKeyHeader": []}]
 
 
-@pytest.fixture
-def secured(make_app: Callable[..., FastAPI]) -> Iterator[TestClient]:
-    with TestClient(make_app(api_key=API_KEY)) as client:
+@pytest.fixture(scope="module")
+def secured(tiny_model_path: Path) -> Iterator[TestClient]:
+    """These tests only send requests: one keyed app for them all."""
+    with TestClient(app_on(tiny_model_path, api_key=API_KEY)) as client:
         yield client
 
 

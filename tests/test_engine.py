@@ -47,6 +47,7 @@ def test_cpu_execution_runs_small_batches_on_one_thread_and_restores_the_setting
     assert torch.get_num_threads() == before
 
 
+@pytest.mark.usefixtures("two_torch_threads")
 def test_several_model_instances_compute_on_one_thread_each() -> None:
     before = torch.get_num_threads()
     execution = CpuExecution(torch_threads=2, model_instances=2)

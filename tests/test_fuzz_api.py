@@ -20,7 +20,9 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from app.config import Settings
 from app.main import create_app
 
-EXAMPLES_PER_OPERATION = 50
+# Derandomized: the same 30 cases per operation and mode on every run, at most 450 in all (was
+# 50 and 750: 18.0 s of calls against 11.7 s here at load 4, for a suite that must stay fast).
+EXAMPLES_PER_OPERATION = 30
 OPERATIONS = [
     "POST /anomaly-score",
     "POST /reconstruct",

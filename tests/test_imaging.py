@@ -25,6 +25,12 @@ from tests.conftest import encode, png_of
 from vae_common.pixels import mnist_style, to_unit_interval
 
 
+@pytest.fixture(scope="module")
+def client(module_client: TestClient) -> TestClient:
+    """The upload tests only send a picture and read the reply: one app for them all."""
+    return module_client
+
+
 def dark_digit_on_paper(size: int = 300, paper: int = 235) -> Image.Image:
     """A '7'-like pen stroke, dark on light paper, as a phone photo would show it."""
     image = Image.new("L", (size, size), paper)

@@ -1,5 +1,6 @@
 """Drain and reload of a live `python -m app`: SIGTERM under load (/readyz 503 before the
-listener closes, no request fails), a second signal, SIGHUP with two workers."""
+listener closes, no request fails), a second signal, and two workers: /metrics adds up both,
+SIGHUP reloads both, SIGTERM drains both."""
 
 from __future__ import annotations
 
@@ -16,8 +17,18 @@ import pytest
 
 from app.server import EXIT_FORCED
 from tests.service_process import ServiceProcess, service_process
+from tests.test_ops_metrics_workers import (
+    WORKERS,
+    check_metrics_add_up_every_workers_requests,
+    leave_stale_counters,
+)
 
 CLIENTS = 3
+# Every drain test waits the whole drain. The clients' last requests start by
+# CLIENTS_STOP_AFTER_S after the 503, a second and a half before the listener closes: a reply
+# slower than that, and a client's next request would find the port closed.
+DRAIN_S = 2.0
+CLIENTS_STOP_AFTER_S = 0.5
 
 
 @dataclass
@@ -79,25 +90,29 @@ class Load:
         return next(when for when, seen in self.readiness if seen == status)
 
 
-def drain_under_load(service: ServiceProcess, png: bytes) -> Load:
-    """SIGTERM while clients post; they stop one second after /readyz turned 503 (as a
-    load balancer would), which is inside the drain period the service was started with."""
-    load = Load(service.url, png)
-    load.start()
-    load.wait_until(lambda: len(load.replies) >= 10)
+def drain(service: ServiceProcess, load: Load) -> None:
+    """SIGTERM while `load` runs; its clients stop CLIENTS_STOP_AFTER_S after /readyz turned
+    503 (as a load balancer would), well inside the service's DRAIN_S."""
     service.signal(signal.SIGTERM)
     load.wait_until(lambda: any(status == 503 for _, status in load.readiness))
-    time.sleep(1.0)
+    time.sleep(CLIENTS_STOP_AFTER_S)
     load.finish()
     service.process.wait(timeout=60)
     load.threads[-1].join(timeout=30)
+
+
+def drain_under_load(service: ServiceProcess, png: bytes) -> Load:
+    load = Load(service.url, png)
+    load.start()
+    load.wait_until(lambda: len(load.replies) >= 10)
+    drain(service, load)
     return load
 
 
 def test_sigterm_answers_503_on_readyz_serves_the_drain_then_exits(
     tiny_model_path: Path, tmp_path: Path, stroke_png: bytes
 ) -> None:
-    with service_process(tiny_model_path, tmp_path, drain_seconds="3") as service:
+    with service_process(tiny_model_path, tmp_path, drain_seconds=str(DRAIN_S)) as service:
         load = drain_under_load(service, stroke_png)
         assert service.process.returncode == -signal.SIGTERM, service.log_text()
     failed = [status for _, status in load.replies if status != 200]
@@ -142,13 +157,26 @@ def replace_checkpoint(path: Path, new: Path) -> None:
     staged.replace(path)  # atomic: a reload reads the old file or the new one, never half
 
 
-def test_two_workers_reload_on_sighup_and_drain_on_sigterm(
+@pytest.mark.slow
+def test_two_workers_add_up_metrics_reload_on_sighup_and_drain_on_sigterm(
     swappable_model: Path,
     second_model_path: Path,
     tmp_path: Path,
     stroke_png: bytes,
 ) -> None:
-    with service_process(swappable_model, tmp_path, workers="2", drain_seconds="3") as service:
+    # One two-worker server for three facts, in this order: the metrics check needs it fresh
+    # and idle, and the drain ends it.
+    metrics_dir = tmp_path / "metrics"
+    leave_stale_counters(metrics_dir)
+    with service_process(
+        swappable_model,
+        tmp_path,
+        environment={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},
+        workers=str(WORKERS),
+        batch_max_size="8",
+        drain_seconds=str(DRAIN_S),
+    ) as service:
+        check_metrics_add_up_every_workers_requests(service.url, metrics_dir)
         old_id = httpx.get(f"{service.url}/model", timeout=10).json()["model_id"]
         load = Load(service.url, stroke_png)
         load.start()
@@ -158,13 +186,8 @@ def test_two_workers_reload_on_sighup_and_drain_on_sigterm(
         # Both workers answer on the shared port: once the last 40 replies all come from
         # the new model, both have switched.
         load.wait_until(lambda: load.model_ids.count(old_id) > 0 and _all_new(load, old_id))
-        assert service.log_text().count("now serving") == 2, service.log_text()
-        service.signal(signal.SIGTERM)
-        load.wait_until(lambda: any(status == 503 for _, status in load.readiness))
-        time.sleep(1.0)
-        load.finish()
-        service.process.wait(timeout=60)
-        load.threads[-1].join(timeout=30)
+        assert service.log_text().count("now serving") == WORKERS, service.log_text()
+        drain(service, load)
     failed = [status for _, status in load.replies if status != 200]
     assert failed == [], failed
     assert set(load.model_ids) == {old_id, _new_id(load, old_id)}

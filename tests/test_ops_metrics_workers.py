@@ -1,5 +1,8 @@
 """/metrics with several uvicorn workers: every scrape, whichever worker answers it, shows the
-requests of all of them (prometheus_client's multiprocess mode, set up by `python -m app`)."""
+requests of all of them (prometheus_client's multiprocess mode, set up by `python -m app`).
+
+The live check runs in tests/test_lifecycle.py's two-worker test, on the one two-worker server
+the suite starts (a start takes seconds: every worker imports torch and loads the model)."""
 
 from __future__ import annotations
 
@@ -8,11 +11,9 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.metrics import ServiceMetrics
-from benchmarks.serve_load.servers import running_service
 
 WORKERS = 2
 REQUESTS = 40
@@ -41,19 +42,15 @@ def healthz_count(exposition: bytes) -> float:
     return 0.0
 
 
-@pytest.mark.slow
-def test_metrics_add_up_every_workers_requests(tiny_model_path: Path, tmp_path: Path) -> None:
-    metrics_dir = tmp_path / "metrics"
+def leave_stale_counters(metrics_dir: Path) -> None:
+    """Files of an earlier run would add up with this one's: start-up must remove them."""
     metrics_dir.mkdir()
-    # Files of an earlier run would add up with this one's: start-up removes them.
     (metrics_dir / "counter_1.db").write_bytes(b"left over")
-    settings = {
-        "VAE_WORKERS": str(WORKERS),
-        "VAE_BATCH_MAX_SIZE": "8",
-        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
-    }
-    with running_service(tiny_model_path, settings) as server, ThreadPoolExecutor(8) as pool:
-        url = server.url
+
+
+def check_metrics_add_up_every_workers_requests(url: str, metrics_dir: Path) -> None:
+    """On a fresh, idle server with WORKERS workers counting into `metrics_dir`."""
+    with ThreadPoolExecutor(8) as pool:
         # Until every worker has answered (each writes its own counter file), so the
         # requests counted below are spread over all of them.
         deadline = time.monotonic() + WORKERS_TIMEOUT_S
@@ -62,12 +59,12 @@ def test_metrics_add_up_every_workers_requests(tiny_model_path: Path, tmp_path: 
             list(pool.map(lambda _: get(f"{url}/readyz"), range(8)))
         # Concurrent, each on a new connection: any worker may accept each.
         list(pool.map(lambda _: get(f"{url}/healthz"), range(REQUESTS)))
-        # A request is counted just after its reply is sent: give the last ones a moment.
-        deadline = time.monotonic() + SETTLE_TIMEOUT_S
-        while (seen := healthz_count(get(f"{url}/metrics"))) < REQUESTS:
-            assert time.monotonic() < deadline, f"/metrics shows {seen} of {REQUESTS} requests"
-            time.sleep(0.1)
-        scrapes = [get(f"{url}/metrics") for _ in range(6)]
+    # A request is counted just after its reply is sent: give the last ones a moment.
+    deadline = time.monotonic() + SETTLE_TIMEOUT_S
+    while (seen := healthz_count(get(f"{url}/metrics"))) < REQUESTS:
+        assert time.monotonic() < deadline, f"/metrics shows {seen} of {REQUESTS} requests"
+        time.sleep(0.1)
+    scrapes = [get(f"{url}/metrics") for _ in range(6)]
     assert [healthz_count(scrape) for scrape in scrapes] == [REQUESTS] * len(scrapes)
     # One queue-depth series summed over the live workers, not one per process.
     queue = [

@@ -15,6 +15,12 @@ API_KEY = "pages-test-key"
 LINKED = re.compile(r"""(?:src|href)\s*=\s*["']([^"']+)["']""")
 
 
+@pytest.fixture(scope="module")
+def client(module_client: TestClient) -> TestClient:
+    """These tests only fetch pages: one app for them all (`secured` has its own)."""
+    return module_client
+
+
 @pytest.fixture
 def secured(make_app: Callable[..., FastAPI]) -> Iterator[TestClient]:
     with TestClient(make_app(api_key=API_KEY, public_docs=False)) as client:

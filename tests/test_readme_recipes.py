@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.serve_load.servers import running_service
+from benchmarks.serve_load.servers import Server, running_service
 from tests.conftest import PROJECT_ROOT, SHIPPED_MODEL
 
 # A draft can be checked before it replaces the README: README_RECIPES=draft.md pytest ...
@@ -127,10 +127,10 @@ def test_the_readme_has_recipes_that_call_the_service() -> None:
 class Recipes:
     """Live servers, the scratch folder and the environment the blocks run in."""
 
-    def __init__(self, stack: ExitStack, scratch: Path) -> None:
+    def __init__(self, stack: ExitStack, scratch: Path, open_url: str) -> None:
         self.stack = stack
         self.scratch = scratch
-        self.urls: dict[bool, str] = {}
+        self.urls: dict[bool, str] = {False: open_url}
         for entry in PROJECT_ROOT.iterdir():
             if entry.name != ".git":
                 (scratch / entry.name).symlink_to(entry)
@@ -157,10 +157,8 @@ class Recipes:
 
     def url(self, keyed: bool) -> str:
         if keyed not in self.urls:
-            settings = {"VAE_DEVICE": "cpu", **({"VAE_API_KEY": TEST_KEY} if keyed else {})}
-            server = self.stack.enter_context(
-                running_service(SHIPPED_MODEL, settings, name="keyed" if keyed else "open")
-            )
+            settings = {"VAE_DEVICE": "cpu", "VAE_API_KEY": TEST_KEY}
+            server = self.stack.enter_context(running_service(SHIPPED_MODEL, settings, "keyed"))
             self.urls[keyed] = server.url
         return self.urls[keyed]
 
@@ -182,11 +180,13 @@ class Recipes:
 
 
 @pytest.fixture(scope="module")
-def recipes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recipes]:
+def recipes(tmp_path_factory: pytest.TempPathFactory, shipped_service: Server) -> Iterator[Recipes]:
+    """Open recipes go to the suite's shared shipped server (tests/conftest.py), keyed ones
+    to a server of their own, started when the first one runs."""
     scratch = tmp_path_factory.mktemp("readme") / "clone"
     scratch.mkdir()
     with ExitStack() as stack:
-        yield Recipes(stack, scratch)
+        yield Recipes(stack, scratch, shipped_service.url)
 
 
 def written_files(text: str) -> list[str]:

@@ -11,6 +11,12 @@ from app.schemas import AnomalyResponse
 from tests.conftest import png_of
 
 
+@pytest.fixture(scope="module")
+def client(module_client: TestClient) -> TestClient:
+    """These tests only send requests and read the replies: one app for them all."""
+    return module_client
+
+
 @pytest.mark.parametrize(
     "params",
     [{}, {"threshold": "0.5"}, {"fpr": "0.2"}, {"score": "reconstruction"}, {"preprocess": "none"}],

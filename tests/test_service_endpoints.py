@@ -6,10 +6,12 @@ import base64
 import io
 import json
 import logging
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 import torch
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -18,6 +20,13 @@ from app.jobs import ScoreJob
 from app.logs import JsonFormatter
 from tests.conftest import png_of
 from tests.synthetic import stroke_digits
+
+
+@pytest.fixture(scope="module")
+def client(module_client: TestClient) -> TestClient:
+    """These tests only send requests and read the replies: one app for them all (the
+    metrics test counts on a fresh app of its own)."""
+    return module_client
 
 
 def test_healthz_answers_ok(client: TestClient) -> None:
@@ -157,11 +166,14 @@ def test_model_card_describes_the_checkpoint(client: TestClient, tiny_model_path
     assert "test_neg_elbo" in card["metrics"]
 
 
-def test_metrics_count_requests_images_and_inference(client: TestClient, stroke_png: bytes) -> None:
-    client.post("/reconstruct", files={"file": ("d.png", stroke_png, "image/png")})
-    client.post("/sample", json={"n": 3, "seed": 0})
-    client.post("/sample", json={"n": 999})
-    response = client.get("/metrics")
+def test_metrics_count_requests_images_and_inference(
+    make_app: Callable[..., FastAPI], stroke_png: bytes
+) -> None:
+    with TestClient(make_app()) as client:  # a fresh app: nothing counted yet
+        client.post("/reconstruct", files={"file": ("d.png", stroke_png, "image/png")})
+        client.post("/sample", json={"n": 3, "seed": 0})
+        client.post("/sample", json={"n": 999})
+        response = client.get("/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     text = response.text

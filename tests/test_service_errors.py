@@ -17,6 +17,12 @@ from app.schemas import README_PNG_BASE64
 from tests.conftest import encode, png_of
 
 
+@pytest.fixture(scope="module")
+def client(module_client: TestClient) -> TestClient:
+    """These tests only send requests and read the replies: one app for them all."""
+    return module_client
+
+
 def assert_error(response: object, status: int, *fragments: str) -> None:
     assert response.status_code == status, response.text  # type: ignore[attr-defined]
     detail = response.json()["detail"]  # type: ignore[attr-defined]

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 
 from app.batching import DynamicBatcher, Served
 from app.jobs import Job
-from tests.conftest import PROJECT_ROOT, png_of
+from tests.conftest import PROJECT_ROOT, app_on, png_of
 from tests.synthetic import stroke_digits
 from vae_common.checkpoint import CheckpointError
 
@@ -124,10 +124,11 @@ def test_process_exits_nonzero_with_one_clear_line_on_a_corrupt_checkpoint(
 # --- API key ------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def secured(make_app: Callable[..., FastAPI]) -> TestClient:
-    with TestClient(make_app(api_key=API_KEY)) as client:
-        yield client  # type: ignore[misc]
+@pytest.fixture(scope="module")
+def secured(tiny_model_path: Path) -> Iterator[TestClient]:
+    """The API key tests only send requests: one keyed app for them all."""
+    with TestClient(app_on(tiny_model_path, api_key=API_KEY)) as client:
+        yield client
 
 
 @pytest.mark.parametrize(
@@ -258,6 +259,7 @@ def test_health_answers_while_a_batch_is_being_scored(
     assert elapsed < 5.0
 
 
+@pytest.mark.usefixtures("two_torch_threads")
 def test_two_model_instances_run_two_batches_at_once(
     make_app: Callable[..., FastAPI], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -282,13 +284,14 @@ def test_two_model_instances_run_two_batches_at_once(
     assert threads_seen == [1, 1]  # each instance computes on one thread
 
 
+@pytest.mark.usefixtures("two_torch_threads")
 def test_one_instance_gives_large_batches_every_intra_op_thread(
     make_app: Callable[..., FastAPI],
 ) -> None:
     # VAE_TORCH_THREADS=0 keeps torch's default (the default setting is 1 thread)
     with TestClient(make_app(torch_threads=0)) as client:
         engine = client.app.state.services.engine  # type: ignore[attr-defined]
-        assert engine.execution.large_batch_threads == torch.get_num_threads()
+        assert engine.execution.large_batch_threads == torch.get_num_threads() == 2
 
 
 def test_a_bad_request_does_not_affect_concurrent_good_ones(client: TestClient) -> None:

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 
 import httpx
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
-from benchmarks.serve_load.servers import running_service
+from benchmarks.serve_load.servers import Server
 from scripts.paper_photos import paper_photo
 from tests.conftest import SHIPPED_MODEL, encode
 from vae_common.checkpoint import load_checkpoint
@@ -21,11 +21,16 @@ pytestmark = [pytest.mark.shipped, pytest.mark.slow]
 SCALE = 4
 
 
-@pytest.fixture(scope="module")
-def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    log_path = tmp_path_factory.mktemp("server") / "server.log"
-    with running_service(SHIPPED_MODEL, {"VAE_DEVICE": "cpu"}, log_path=log_path) as server:
-        yield server.url
+def images_scored(url: str) -> float:
+    metrics = httpx.get(f"{url}/metrics", timeout=5).text
+    for family in text_string_to_metric_families(metrics):
+        for sample in family.samples:
+            if (
+                sample.name == "vae_images_processed_total"
+                and sample.labels["endpoint"] == "anomaly-score"
+            ):
+                return sample.value
+    return 0.0
 
 
 def latent_nearest_label(image: np.ndarray, sample: np.ndarray, labels: np.ndarray) -> int:
@@ -40,11 +45,11 @@ def latent_nearest_label(image: np.ndarray, sample: np.ndarray, labels: np.ndarr
 
 @pytest.mark.parametrize("digit", ["7", "0"])
 def test_paper_photo_reconstructs_into_a_recognisable_digit(
-    live_server: str, digit: str, mnist_sample: np.ndarray, mnist_sample_labels: np.ndarray
+    shipped_service: Server, digit: str, mnist_sample: np.ndarray, mnist_sample_labels: np.ndarray
 ) -> None:
     photo = encode(paper_photo(digit, size=300), "JPEG", quality=90)
     response = httpx.post(
-        f"{live_server}/reconstruct",
+        f"{shipped_service.url}/reconstruct",
         params={"layout": "pair", "scale": SCALE},
         files={"file": (f"paper-{digit}.jpg", photo, "image/jpeg")},
         timeout=30,
@@ -60,10 +65,13 @@ def test_paper_photo_reconstructs_into_a_recognisable_digit(
     assert label == int(digit)
 
 
-def test_live_server_scores_and_reports_metrics(live_server: str, mnist_sample: np.ndarray) -> None:
+def test_live_server_scores_and_reports_metrics(
+    shipped_service: Server, mnist_sample: np.ndarray
+) -> None:
+    url = shipped_service.url
+    before = images_scored(url)  # the server is shared: count what this test adds
     rows = (mnist_sample[:8].astype(np.float32) / 255.0).reshape(8, -1).tolist()
-    scored = httpx.post(f"{live_server}/anomaly-score", json={"pixels": rows}, timeout=30)
+    scored = httpx.post(f"{url}/anomaly-score", json={"pixels": rows}, timeout=30)
     assert scored.status_code == 200
     assert len(scored.json()["results"]) == 8
-    metrics = httpx.get(f"{live_server}/metrics", timeout=5).text
-    assert 'vae_images_processed_total{endpoint="anomaly-score"} 8.0' in metrics
+    assert images_scored(url) == before + 8
