@@ -100,11 +100,12 @@ def test_tables_list_every_path_and_set_on_a_tiny_model(tiny_model_path: Path) -
     table, by_path = path_table(engine, DIGITS, paths, seed=0)
     for path in paths:
         assert f"| {path.name} |" in table
-        assert by_path[path.name].shape == (len(DIGITS),)
-    assert np.array_equal(by_path["pixels_json"], by_path["png_none"])
+        assert by_path[path.name].scores.shape == (len(DIGITS),)
+        assert len(by_path[path.name].calibrations) == len(DIGITS)
+    assert np.array_equal(by_path["pixels_json"].scores, by_path["png_none"].scores)
 
     sets = anomaly_sets(DIGITS, stroke_digits(4, seed=9), seed=0)
-    normal = {name: by_path[name] for name in ("pixels_json", "png_mnist")}
+    normal = {name: by_path[name].scores for name in ("pixels_json", "png_mnist")}
     files = file_table(engine, sets, normal, seed=0)
     assert "| hflip (6) |" in files and "| uniform_noise (6) |" in files
     assert "inverted" not in files  # preprocess=mnist makes it an ordinary digit

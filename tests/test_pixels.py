@@ -3,23 +3,30 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from vae_common.pixels import DIGIT_BOX, IMAGE_SIZE, INK_THRESHOLD, FloatImage, mnist_style
+from vae_common.pixels import (
+    DIGIT_BOX,
+    IMAGE_SIZE,
+    INK_THRESHOLD,
+    FloatImage,
+    mnist_digit,
+    mnist_style,
+)
 
 MNIST_SAMPLE = Path(__file__).parent / "data" / "mnist_sample.npz"
 
 
 def plain_mnist_style(gray: FloatImage, alpha: FloatImage | None = None) -> FloatImage:
-    """The recipe as first written (before the fast version): one numpy call per idea."""
+    """The recipe with one numpy call per idea (before the fast version)."""
 
-    def background(image: FloatImage) -> float:
-        border = np.concatenate([image[0, :], image[-1, :], image[:, 0], image[:, -1]])
-        return float(np.median(border))
+    def border_of(image: FloatImage) -> FloatImage:
+        return np.concatenate([image[0, :], image[-1, :], image[:, 0], image[:, -1]])
 
     gray = gray.astype(np.float32, copy=False)
     if alpha is not None:
@@ -27,17 +34,45 @@ def plain_mnist_style(gray: FloatImage, alpha: FloatImage | None = None) -> Floa
         stroke_level = float((gray * alpha).sum() / weight) if weight > 0 else 0.0
         backdrop = 1.0 if stroke_level < 0.5 else 0.0
         gray = gray * alpha + backdrop * (1.0 - alpha)
-    if background(gray) > 0.5:
+    if float(np.median(border_of(gray))) > 0.5:
         gray = 1.0 - gray
-    ink = np.clip(gray - background(gray), 0.0, 1.0)
+    border = border_of(gray)
+    noise = 0.0
+    if float(border.max() - border.min()) <= 1.0 / 255.0:
+        ink = np.clip(gray - np.float32(np.median(border)), 0.0, 1.0)
+    else:  # a plane through the border, refitted without the pixels that stand out
+        height, width = gray.shape
+        grid_rows, grid_cols = np.indices((height, width))
+        rows = border_of(grid_rows.astype(np.float32)).astype(np.float64)
+        cols = border_of(grid_cols.astype(np.float32)).astype(np.float64)
+        design = np.stack([np.ones_like(rows), rows, cols], axis=1)
+        values = border.astype(np.float64)
+        coefficients = np.linalg.lstsq(design, values, rcond=None)[0]
+        residuals = values - design @ coefficients
+        noise = 1.4826 * float(np.median(np.abs(residuals)))
+        keep = residuals <= 3.0 * max(noise, 1.0 / 255.0)
+        if not keep.all() and keep.sum() >= 3:
+            coefficients = np.linalg.lstsq(design[keep], values[keep], rcond=None)[0]
+            noise = 1.4826 * float(np.median(np.abs(values[keep] - design[keep] @ coefficients)))
+        plane = coefficients[0] + coefficients[1] * grid_rows + coefficients[2] * grid_cols
+        ink = np.clip(gray - plane.astype(np.float32), 0.0, 1.0)
+    if gray.shape == (IMAGE_SIZE, IMAGE_SIZE):
+        return ink  # already MNIST's format
+    if noise > 0.0:
+        ink = np.clip(ink - np.float32(3.0 * noise), 0.0, 1.0)
     rows = np.flatnonzero((ink > INK_THRESHOLD).any(axis=1))
     cols = np.flatnonzero((ink > INK_THRESHOLD).any(axis=0))
     if rows.size == 0:
         return np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
-    cropped = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    scale = DIGIT_BOX / max(rows[-1] + 1 - rows[0], cols[-1] + 1 - cols[0])
+    margin = math.ceil(2.0 / scale)
+    top, left = max(rows[0] - margin, 0), max(cols[0] - margin, 0)
+    cropped = ink[top : rows[-1] + 1 + margin, left : cols[-1] + 1 + margin]
     height, width = cropped.shape
-    scale = DIGIT_BOX / max(height, width)
-    new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    new_size = (
+        min(IMAGE_SIZE, max(1, round(width * scale))),
+        min(IMAGE_SIZE, max(1, round(height * scale))),
+    )
     resized = Image.fromarray(cropped).resize(new_size, Image.Resampling.LANCZOS)
     digit = np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
     digit = np.clip(digit / max(float(digit.max()), 1e-6), 0.0, 1.0)
@@ -47,11 +82,12 @@ def plain_mnist_style(gray: FloatImage, alpha: FloatImage | None = None) -> Floa
     centre_row = float((grid_rows * digit).sum() / total) if total > 0 else (height - 1) / 2
     centre_col = float((grid_cols * digit).sum() / total) if total > 0 else (width - 1) / 2
     middle = (IMAGE_SIZE - 1) / 2
-    top = int(np.clip(round(middle - centre_row), 0, IMAGE_SIZE - height))
-    left = int(np.clip(round(middle - centre_col), 0, IMAGE_SIZE - width))
-    canvas = np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
-    canvas[top : top + height, left : left + width] = digit
-    return canvas
+    top, left = round(middle - centre_row), round(middle - centre_col)
+    frame = np.zeros((3 * IMAGE_SIZE, 3 * IMAGE_SIZE), dtype=np.float32)  # room either side
+    frame[
+        IMAGE_SIZE + top : IMAGE_SIZE + top + height, IMAGE_SIZE + left : IMAGE_SIZE + left + width
+    ] = digit
+    return frame[IMAGE_SIZE : 2 * IMAGE_SIZE, IMAGE_SIZE : 2 * IMAGE_SIZE]
 
 
 def mnist_digits() -> FloatImage:
@@ -67,6 +103,61 @@ def assert_same_as_plain(gray: FloatImage, alpha: FloatImage | None = None) -> N
 def test_mnist_digits_as_uploaded_come_out_exactly_as_the_plain_recipe() -> None:
     for digit in mnist_digits():
         assert_same_as_plain(digit)
+
+
+def test_28x28_uploads_are_kept_as_sent_and_anything_else_is_refitted() -> None:
+    for digit in mnist_digits()[:50]:
+        kept = mnist_digit(digit)
+        assert not kept.refit
+        np.testing.assert_array_equal(kept.pixels, digit)  # exactly the pixel path's input
+        np.testing.assert_allclose(mnist_digit(1.0 - digit).pixels, digit, atol=1e-6)
+        picture = Image.fromarray(digit).resize((56, 56), Image.Resampling.BICUBIC)
+        assert mnist_digit(np.asarray(picture, dtype=np.float32)).refit
+
+
+def lit_unevenly(digit: FloatImage, drop: float, side: int = 120) -> FloatImage:
+    """The digit in dark ink on light paper, the light falling by `drop` (0..1) from the
+    left edge of the frame to the right, and a little sensor noise."""
+    ink = np.asarray(Image.fromarray(digit).resize((side // 2, side // 2)), dtype=np.float32)
+    page = np.zeros((side, side), dtype=np.float32)
+    page[side // 4 : side // 4 + side // 2, side // 3 : side // 3 + side // 2] = ink
+    paper = np.float32(0.94) - np.float32(0.8) * np.clip(page, 0.0, 1.0)
+    light = 1.0 - drop * np.linspace(0.0, 1.0, side, dtype=np.float32)[None, :]
+    noise = np.random.default_rng(0).normal(0.0, 0.01, page.shape).astype(np.float32)
+    return np.clip(paper * light + noise, 0.0, 1.0)
+
+
+def aligned_correlation(a: FloatImage, b: FloatImage) -> float:
+    """The best correlation of a with b shifted by at most one pixel each way."""
+    return max(
+        float(np.corrcoef(a.ravel(), np.roll(b, (dy, dx), axis=(0, 1)).ravel())[0, 1])
+        for dy in (-1, 0, 1)
+        for dx in (-1, 0, 1)
+    )
+
+
+def grown(mask: np.ndarray, pixels: int) -> np.ndarray:
+    """mask dilated by a (2 pixels + 1) square."""
+    padded = np.pad(mask, pixels)
+    height, width = mask.shape
+    shifts = range(2 * pixels + 1)
+    return np.logical_or.reduce(
+        [padded[dy : dy + height, dx : dx + width] for dy in shifts for dx in shifts]
+    )
+
+
+@pytest.mark.parametrize("drop", [0.25, 0.4])  # 60 and 100 grey levels of 240
+def test_uneven_light_is_removed_before_looking_for_ink(drop: float) -> None:
+    for digit in mnist_digits()[:20]:
+        even = mnist_style(lit_unevenly(digit, 0.0))
+        uneven = mnist_style(lit_unevenly(digit, drop))
+        # The same digit (centring may round a pixel differently)...
+        assert aligned_correlation(even, uneven) > 0.9
+        # ...and no grey wedge of paper: as much ink as under even light, and black
+        # wherever the strokes (grown by two pixels) are not.
+        assert abs(float(uneven.sum()) / float(even.sum()) - 1.0) < 0.15
+        near_strokes = grown(np.maximum(even, uneven) > 0.05, 2)
+        assert float(uneven[~near_strokes].max(initial=0.0)) < 0.1
 
 
 def test_inverted_and_grey_paper_digits_come_out_exactly_as_the_plain_recipe() -> None:

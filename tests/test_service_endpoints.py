@@ -131,6 +131,8 @@ def test_anomaly_score_multipart_keeps_input_order(client: TestClient) -> None:
             "kl",
             "percentile",
             "is_anomaly",
+            "calibration",
+            "threshold",
         }
         assert 0.0 <= result["percentile"] <= 100.0
 

@@ -80,9 +80,10 @@ def mnist_digit(gray: FloatImage, alpha: FloatImage | None = None) -> PreparedDi
     black (inverting a light background), remove the background, crop to the ink, fit into
     20x20 keeping the aspect ratio (with anti-aliasing), stretch the strokes to full white,
     then place it so its centre of mass is the centre of 28x28.
-    - An upload that already is such a digit (28x28, ink box 19-21 pixels, centre of mass
-      within a pixel of the centre: what MNIST's files hold) is kept as sent: refitting it
-      again would only resample it (and cut its faint edge pixels) for nothing.
+    - A 28x28 upload already is in MNIST's format and is kept as sent (white on black, its
+      background removed): refitting an MNIST digit would only resample it and cut its faint
+      edge pixels, and refitting anything else would hide what makes it unlike a digit
+      (Fashion-MNIST shrunk into a 20-pixel box looks far more digit-like than as sent).
     - The background is a plane fitted to the picture's border, not one grey level: a phone
       photo's paper darkens across the frame, and a flat level leaves a wedge of grey "ink".
     - Sensor noise above the background is removed before cropping (soft threshold at three
@@ -100,7 +101,7 @@ def mnist_digit(gray: FloatImage, alpha: FloatImage | None = None) -> PreparedDi
     if _background_level(gray) > 0.5:
         gray = 1.0 - gray
     ink, noise = _remove_background(gray)
-    if gray.shape == (IMAGE_SIZE, IMAGE_SIZE) and _already_fitted(ink):
+    if gray.shape == (IMAGE_SIZE, IMAGE_SIZE):
         return PreparedDigit(ink, refit=False)
     if noise > 0.0:
         # Soft threshold: the faint edges of strokes keep their shape, the noise goes.
@@ -118,10 +119,6 @@ def mnist_digit(gray: FloatImage, alpha: FloatImage | None = None) -> PreparedDi
     return PreparedDigit(_centre_by_mass(digit), refit=True)
 
 
-# An upload is "already fitted" when its ink box is this long (MNIST: 20 for 99.9% of its
-# digits with this ink threshold) and its centre of mass this close to the frame's centre.
-FITTED_BOX_SIDES = range(DIGIT_BOX - 1, DIGIT_BOX + 2)
-FITTED_CENTRE_TOLERANCE = 1.0
 NOISE_FLOOR_SIGMAS = 3.0
 # Border pixels further than this many robust spreads from the fitted plane are ink (a
 # digit touching the frame), left out of the second fit.
@@ -176,25 +173,6 @@ def _border_coordinates(height: int, width: int) -> tuple[np.ndarray, np.ndarray
     rows.flags.writeable = False
     cols.flags.writeable = False
     return rows, cols
-
-
-def _already_fitted(ink: FloatImage) -> bool:
-    """28x28 ink whose box and centre of mass are where MNIST's recipe puts them."""
-    box = _ink_bounding_box(ink)
-    if box is None:
-        return False
-    top, bottom, left, right = box
-    if max(bottom - top, right - left) not in FITTED_BOX_SIDES:
-        return False
-    total = float(ink.sum())
-    rows, cols = _index_grids(IMAGE_SIZE, IMAGE_SIZE)
-    middle = (IMAGE_SIZE - 1) / 2
-    centre_row = float((rows * ink).sum()) / total
-    centre_col = float((cols * ink).sum()) / total
-    return (
-        abs(centre_row - middle) <= FITTED_CENTRE_TOLERANCE
-        and abs(centre_col - middle) <= FITTED_CENTRE_TOLERANCE
-    )
 
 
 def _clip_unit(values: FloatImage) -> FloatImage:
@@ -284,8 +262,15 @@ def _centre_by_mass(digit: FloatImage) -> FloatImage:
     centre_row = float((rows * digit).sum() / total) if total > 0 else (height - 1) / 2
     centre_col = float((cols * digit).sum() / total) if total > 0 else (width - 1) / 2
     middle = (IMAGE_SIZE - 1) / 2
-    top = min(max(round(middle - centre_row), 0), IMAGE_SIZE - height)
-    left = min(max(round(middle - centre_col), 0), IMAGE_SIZE - width)
+    # The digit's box fits the frame wherever its centre of mass lands (20 of 28 pixels);
+    # only the faint margin around it may fall outside, and is cut there.
+    top, left = round(middle - centre_row), round(middle - centre_col)
     canvas = np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
-    canvas[top : top + height, left : left + width] = digit
+    source_top, source_left = max(-top, 0), max(-left, 0)
+    top, left = max(top, 0), max(left, 0)
+    rows_kept = min(height - source_top, IMAGE_SIZE - top)
+    cols_kept = min(width - source_left, IMAGE_SIZE - left)
+    canvas[top : top + rows_kept, left : left + cols_kept] = digit[
+        source_top : source_top + rows_kept, source_left : source_left + cols_kept
+    ]
     return canvas
