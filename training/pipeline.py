@@ -3,6 +3,7 @@ orientation head, calibrate, export the checkpoint, draw the figures, say what w
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import platform
@@ -248,7 +249,10 @@ def _test_metrics(
     logger.info("test negative ELBO %.2f", test_terms.loss)
     iwae_generator = torch.Generator().manual_seed(config.seed)
     iwae_started = time.perf_counter()
-    iwae = iwae_nll(model, iwae_images.to(device), config.iwae_k, device, iwae_generator)
+    # channels_last: the same float32 arithmetic in another memory order, which oneDNN's
+    # convolutions run ~1.5x faster on CPU (model v2's decoder: 0.79 -> 0.52 ms per latent).
+    evaluated = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    iwae = iwae_nll(evaluated, iwae_images.to(device), config.iwae_k, device, iwae_generator)
     logger.info(
         "test IWAE NLL %.2f (k=%d, %d images) in %.1f s",
         iwae,
