@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Any
 
@@ -46,8 +46,8 @@ WARMUP_BATCH = 8
 # included. The buckets make the set of shapes small and fixed; start-up compiles them all.
 SIZES_PER_OCTAVE = 4
 
-# What `sample` draws from (a fitted prior would be another entry here, named by the card).
-PRIOR = {
+# What `sample` can draw from; the card lists the ones a checkpoint has.
+STANDARD_PRIOR: dict[str, Any] = {
     "name": "standard",
     "distribution": "standard normal N(0, I) over the latent_dim dimensions",
     "temperature": "/sample multiplies the standard deviation by its temperature",
@@ -85,6 +85,18 @@ class Engine:
     unavailable: dict[str, str]  # the scores it cannot serve, and why
     default_score: str
     load_seconds: float = 0.0
+    # The priors `sample` can draw from (name -> description for the card), the one it
+    # draws from unless told, and why the fitted one is missing when it is.
+    priors: dict[str, dict[str, Any]] = field(init=False)
+    default_prior: str = field(init=False)
+    unavailable_priors: dict[str, str] = field(init=False)
+    # v1 checkpoints lack the one-pass method; they reconstruct and score in two passes.
+    reconstructs_in_one_pass: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.reconstructs_in_one_pass = hasattr(self.checkpoint.module, "reconstruct_with_terms")
+        self.priors, self.unavailable_priors = _priors(self.checkpoint)
+        self.default_prior = "fitted" if "fitted" in self.priors else "standard"
 
     @property
     def calibrations(self) -> dict[str, Calibration]:
@@ -126,9 +138,14 @@ class Engine:
     def reconstruct(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 1, 28, 28) -> reconstructions (B, 1, 28, 28) and reconstruction loss (B,)."""
 
+        module = self.checkpoint.module
+
         def forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            recon_loss, _ = self.checkpoint.module.score(x)
-            return self.checkpoint.module.reconstruct(x), recon_loss
+            if self.reconstructs_in_one_pass:
+                reconstruction, recon_loss, _, _ = module.reconstruct_with_terms(x)
+                return reconstruction, recon_loss
+            recon_loss, _ = module.score(x)
+            return module.reconstruct(x), recon_loss
 
         reconstruction, recon_loss = self.run(x, forward)
         return reconstruction, recon_loss
@@ -143,13 +160,34 @@ class Engine:
         (digits,) = self.run(z, lambda z: (self.checkpoint.module.decode(z),))
         return digits
 
-    def sample(self, n: int, temperature: float, seed: int) -> torch.Tensor:
-        """n draws from N(0, temperature^2 I), decoded: (n, 1, 28, 28).
+    def sample(
+        self, n: int, temperature: float, seed: int, prior: str | None = None
+    ) -> torch.Tensor:
+        """n draws from `prior` (None: `default_prior`), decoded: (n, 1, 28, 28).
 
-        The latents come from a CPU generator so a seed means the same digits on any device.
+        standard: N(0, temperature^2 I). fitted: the checkpoint's mixture, its components'
+        spread scaled by temperature (`prior_latents`). The draws come from a CPU generator,
+        so a seed means the same digits on any device: first the (n, D) normals (alone, they
+        are the standard prior's draw, as before fitted priors), then n uniforms that pick
+        the mixture components.
         """
+        prior = prior or self.default_prior
+        self.check_prior(prior)
         generator = torch.Generator().manual_seed(seed)
-        return self.decode(torch.randn(n, self.latent_dim, generator=generator) * temperature)
+        eps = torch.randn(n, self.latent_dim, generator=generator)
+        if prior == "standard":
+            return self.decode(eps * temperature)
+        uniform = torch.rand(n, 1, generator=generator)
+        module = self.checkpoint.module
+
+        def forward(draws: torch.Tensor) -> tuple[torch.Tensor]:
+            # One (n, 1 + D) tensor through `run`: device placement and batch buckets as for
+            # any pass (a blank padding row picks the first component).
+            uniform, eps = draws[:, 0].contiguous(), draws[:, 1:]
+            return (module.prior_latents(uniform, eps, temperature),)
+
+        (latents,) = self.run(torch.cat([uniform, eps], dim=1), forward)
+        return self.decode(latents)
 
     def run(self, x: torch.Tensor, forward: Forward) -> tuple[torch.Tensor, ...]:
         """forward(x) at x's bucketed batch size; each output cut back to len(x) rows, on
@@ -168,6 +206,14 @@ class Engine:
             raise InvalidInputError(
                 f"score {score_name} is unavailable with model {self.model_id} ({why}); "
                 f"use one of {sorted(self.calibrations)}"
+            )
+
+    def check_prior(self, prior: str) -> None:
+        if prior not in self.priors:
+            why = self.unavailable_priors.get(prior, "not a prior this service draws from")
+            raise InvalidInputError(
+                f"prior={prior} is unavailable with model {self.model_id}: {why}; send "
+                f"prior={self.default_prior} or leave prior out (priors: {sorted(self.priors)})"
             )
 
     def threshold(
@@ -201,7 +247,9 @@ class Engine:
             "device": str(self.device),
             "architecture": metadata["architecture"],
             "latent_dim": self.latent_dim,
-            "prior": PRIOR,
+            # What /sample draws from unless told, then every prior it can draw from.
+            "prior": self.priors[self.default_prior],
+            "priors": self.priors,
             "preprocessing": metadata["preprocessing"],
             "metrics": metadata["metrics"],
             "calibration": metadata.get("calibration", {}),
@@ -219,7 +267,34 @@ class Engine:
         }
         if self.unavailable:
             card["unavailable_scores"] = dict(self.unavailable)
+        if self.unavailable_priors:
+            card["unavailable_priors"] = dict(self.unavailable_priors)
         return card
+
+
+def _priors(checkpoint: Checkpoint) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """The priors the checkpoint can be sampled from, each with the card's description, and
+    why the fitted one is missing, if it is. Fitted needs both the exported method and a
+    mixture recorded in the metadata: until fitted, `prior_latents` is N(0, I) itself."""
+    fit = checkpoint.metadata.get("prior")
+    if not hasattr(checkpoint.module, "prior_latents"):
+        why = "this checkpoint predates fitted priors (it exports no prior_latents)"
+    elif not isinstance(fit, dict) or fit.get("kind") != "gaussian_mixture":
+        why = "this checkpoint was exported without fitting one"
+    else:
+        return {"standard": STANDARD_PRIOR, "fitted": _fitted_prior(fit)}, {}
+    return {"standard": STANDARD_PRIOR}, {"fitted": why}
+
+
+def _fitted_prior(fit: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": "fitted",
+        "distribution": f"mixture of {fit.get('components')} full-covariance Gaussians fitted "
+        f"to the {fit.get('fitted_on', 'training codes')} (ex-post density estimation)",
+        "temperature": "/sample multiplies each component's spread by its temperature; "
+        "component weights and means stay",
+        "fit": fit,
+    }
 
 
 def _folder_hidden(value: object) -> object:
@@ -337,7 +412,8 @@ def _warm_up(engine: Engine, max_rows: int) -> None:
     and sampling then find all their kernels compiled (checked with ONEDNN_VERBOSE: no
     cache miss after this)."""
     x = torch.rand(WARMUP_BATCH, 1, IMAGE_SIZE, IMAGE_SIZE)
-    engine.sample(WARMUP_BATCH, 1.0, seed=0)
+    for prior in engine.priors:
+        engine.sample(WARMUP_BATCH, 1.0, 0, prior)
     engine.reconstruct(x)
     engine.encode(x)
     for path in engine.paths:

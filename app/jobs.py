@@ -110,7 +110,7 @@ class ReconstructJob(Job):
 
 @dataclass(frozen=True, slots=True)
 class SampleJob(Job):
-    """n digits drawn from the prior with a seed -> (n, 1, 28, 28). Its input is n empty
+    """n digits drawn from a prior with a seed -> (n, 1, 28, 28). Its input is n empty
     rows (`inputs()`): they count against the queue limit like n images would."""
 
     shares_batches: ClassVar[bool] = False  # one seed, one draw of all n latents
@@ -118,12 +118,15 @@ class SampleJob(Job):
     n: int
     temperature: float
     seed: int
+    # "fitted" or "standard"; None: the model's default (Engine.default_prior), decided by
+    # the engine of the batch, so a reload to a model without a fitted prior still serves.
+    prior: str | None = None
 
     def inputs(self) -> np.ndarray:
         return np.empty((self.n, 0), dtype=np.float32)
 
     def run(self, engine: Engine, inputs: np.ndarray) -> Outputs:
-        return (engine.sample(self.n, self.temperature, self.seed).numpy(),)
+        return (engine.sample(self.n, self.temperature, self.seed, self.prior).numpy(),)
 
 
 @dataclass(frozen=True, slots=True)

@@ -175,7 +175,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_methods=["GET", "POST"],
             # The key travels in a header (no cookies); scripts may read the reply headers.
             allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID"],
-            expose_headers=["X-Request-ID", "X-Model-Id", "X-Seed", "X-Reconstruction-Loss"],
+            expose_headers=[
+                "X-Request-ID",
+                "X-Model-Id",
+                "X-Seed",
+                "X-Prior",
+                "X-Reconstruction-Loss",
+            ],
             max_age=600,
         )
     return app

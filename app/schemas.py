@@ -31,7 +31,10 @@ class SampleRequest(BaseModel):
         description="same seed and model give a byte-identical PNG; random when omitted",
     )
     temperature: float = Field(
-        1.0, gt=0.0, le=2.0, description="scales the prior's standard deviation"
+        1.0,
+        gt=0.0,
+        le=2.0,
+        description="scales the prior's standard deviation (fitted: each component's)",
     )
 
     @field_validator("n", "nrow", "seed", "temperature", mode="before")
@@ -42,6 +45,17 @@ class SampleRequest(BaseModel):
         if isinstance(value, bool | str):
             raise ValueError(f"expected a number, got {type(value).__name__}")
         return value
+
+
+class SampleOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prior: Literal["fitted", "standard"] | None = Field(
+        None,
+        description="fitted: the mixture fitted to the training digits' latent codes (digits "
+        "look more like MNIST); standard: N(0, I). Default: fitted when the model has one "
+        "(GET /model: prior, priors)",
+    )
 
 
 class ScoreName(StrEnum):

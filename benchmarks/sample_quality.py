@@ -10,10 +10,11 @@ For n samples of each checkpoint, side by side in one table:
   drawn equally often; low when the model favours a few digits).
 The classifier's test accuracy is printed to show the judge is sound.
 
-Samples come from `app.jobs.SampleJob`, as /sample draws them: N(0, T^2 I) latents from a
-seeded generator, decoded to pixel means by the checkpoint, then rounded to 8 bits as the
-PNG /sample returns. `--prior` names how latents are drawn; `standard` is the only one
-today (a fitted prior, issue 14, adds an entry to PRIORS).
+Samples come from `app.jobs.SampleJob`, as /sample draws them: latents from a seeded
+generator, decoded to pixel means by the checkpoint, then rounded to 8 bits as the PNG
+/sample returns. `--prior` names the prior, as /sample's `prior` option does: `standard`
+(N(0, T^2 I)), `fitted` (the checkpoint's fitted mixture; checkpoints without one fail)
+or `default` (what /sample draws from when not told: fitted if the checkpoint has one).
 
     python -m benchmarks.sample_quality --data-root ../shared/data \
         [--models models/model.pt runs/v2/model.pt] [--samples 10000]
@@ -49,13 +50,21 @@ CLASSES = 10
 Prior = Callable[[Engine, int, float, int], np.ndarray]
 
 
-def standard_prior(engine: Engine, n: int, temperature: float, seed: int) -> np.ndarray:
-    job = SampleJob(n, temperature, seed)
-    (digits,) = job.run(engine, job.inputs())  # (n, 1, 28, 28) pixel means in [0, 1]
-    return to_uint8(torch.from_numpy(digits[:, 0]))
+def drawn_by(prior: str | None) -> Prior:
+    def draw(engine: Engine, n: int, temperature: float, seed: int) -> np.ndarray:
+        job = SampleJob(n, temperature, seed, prior)
+        (digits,) = job.run(engine, job.inputs())  # (n, 1, 28, 28) pixel means in [0, 1]
+        return to_uint8(torch.from_numpy(digits[:, 0]))
+
+    return draw
 
 
-PRIORS: dict[str, Prior] = {"standard": standard_prior}
+standard_prior = drawn_by("standard")
+PRIORS: dict[str, Prior] = {
+    "standard": standard_prior,
+    "fitted": drawn_by("fitted"),
+    "default": drawn_by(None),
+}
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -110,7 +119,7 @@ def main() -> None:
     parser.add_argument("--data-root", type=Path, default=Path("../shared/data"))
     parser.add_argument("--models", type=Path, nargs="+", default=[DEFAULT_MODEL_PATH])
     parser.add_argument("--samples", type=int, default=10_000, help="per model, and the floor's")
-    parser.add_argument("--prior", choices=list(PRIORS), default="standard")
+    parser.add_argument("--prior", choices=list(PRIORS), default="default")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=ClassifierRecipe.epochs)
@@ -146,7 +155,8 @@ def main() -> None:
         samples = PRIORS[args.prior](engine, args.samples, args.temperature, args.seed)
         seconds = time.perf_counter() - started
         label = (
-            f"`{path}` ({engine.model_id}): {args.samples} samples, prior {args.prior}, "
+            f"`{path}` ({engine.model_id}): {args.samples} samples, prior "
+            f"{engine.default_prior if args.prior == 'default' else args.prior}, "
             f"T={args.temperature:g}, seed {args.seed} ({seconds:.1f} s)"
         )
         rows.append((label, judge(classifier, samples, test_features)))

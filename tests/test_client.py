@@ -82,6 +82,13 @@ def test_sample_returns_the_grid_and_the_seed_to_repeat_it(vae: VaeClient) -> No
     assert pixels.min() >= 0.0 and pixels.max() <= 1.0
 
 
+def test_sample_names_its_prior_and_draws_from_the_one_asked_for(vae: VaeClient) -> None:
+    default, fitted = vae.sample(4, seed=3), vae.sample(4, seed=3, prior="fitted")
+    standard = vae.sample(4, seed=3, prior="standard")
+    assert (default.prior, fitted.prior, standard.prior) == ("fitted", "fitted", "standard")
+    assert default.png == fitted.png != standard.png
+
+
 def test_every_image_form_sends_the_same_picture(
     vae: VaeClient, digits: np.ndarray, tmp_path: Path
 ) -> None:

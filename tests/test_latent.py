@@ -230,8 +230,8 @@ def test_slerp_of_parallel_or_zero_codes_is_the_straight_line() -> None:
 def test_model_card_gives_the_latent_size_and_the_prior(latent_client: TestClient) -> None:
     card = latent_client.get("/model").json()
     assert card["latent_dim"] == card["architecture"]["latent_dim"] == 4
-    assert card["prior"]["name"] == "standard"
-    assert "N(0, I)" in card["prior"]["distribution"]
+    assert card["prior"]["name"] == "fitted"  # the pipeline fits one
+    assert "N(0, I)" in card["priors"]["standard"]["distribution"]
 
 
 def test_latent_routes_need_the_api_key(

@@ -87,5 +87,7 @@ def test_standard_prior_draws_8_bit_digits_reproducibly(tiny_model_path: Path) -
     samples = standard_prior(engine, 12, 1.0, 7)
     assert samples.shape == (12, 28, 28) and samples.dtype == np.uint8
     assert np.array_equal(samples, standard_prior(engine, 12, 1.0, 7))
-    expected = engine.sample(12, 1.0, 7)[:, 0].mul(255).add(0.5).clamp(0, 255).to(torch.uint8)
+    expected = (
+        engine.sample(12, 1.0, 7, "standard")[:, 0].mul(255).add(0.5).clamp(0, 255).to(torch.uint8)
+    )
     assert np.array_equal(samples, expected.numpy())

@@ -42,6 +42,7 @@ def render_card(sidecar: dict[str, Any]) -> str:
         + ", ".join(f"{name} {value:.3f}" for name, value in named.items())
         + f"; the default threshold is p{calibration['default_threshold_percentile']:g}.",
         "",
+        *_prior_lines(sidecar.get("prior")),
         "Training: " + ", ".join(f"`{key}={value}`" for key, value in training.items()) + ".",
         "",
         f"Files: `model.pt` sha256 `{sidecar['sha256']}` ({sidecar['size_bytes']} bytes); "
@@ -50,3 +51,18 @@ def render_card(sidecar: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _prior_lines(prior: dict[str, Any] | None) -> list[str]:
+    if prior is None:
+        return []
+    candidates = ", ".join(
+        f"K={k}: {row['val_log_likelihood']}" for k, row in prior["candidates"].items()
+    )
+    return [
+        f"Samples (`/sample`, `samples.png`) come from a {prior['components']}-component "
+        f"full-covariance Gaussian mixture fitted to the {prior['fitted_on']}, chosen on the "
+        f"{prior['chosen_on']} by log-likelihood per latent ({candidates}); "
+        "`samples_standard.png` decodes N(0, I) draws instead.",
+        "",
+    ]

@@ -23,6 +23,7 @@ from training.export import export_checkpoint, script_model
 from training.model import VAE, ModelConfig, build_model
 from training.orientation import fit_orientation_head
 from training.plots import write_loss_curve, write_reconstructions, write_samples
+from training.prior import LIMITED_PRIOR, PriorConfig, fit_prior
 from training.progress import heartbeat, track
 from training.renderings import RENDERINGS, refit_calibration_digits
 from training.state import (
@@ -172,6 +173,7 @@ def _finish(
             )
         )
     logger.info("test metrics: %s", metrics)
+    prior = _fit_prior(config, model, splits, device)
     scripted = script_model(model)
     calibration_images = splits.val if len(splits.val) else splits.train
     calibration_split = "validation" if len(splits.val) else "train"
@@ -210,6 +212,7 @@ def _finish(
         },
         "metrics": metrics,
         "calibration": {"split": calibration_split, **calibration},
+        "prior": prior,
         "environment": {
             "torch": torch.__version__,
             "python": platform.python_version(),
@@ -223,6 +226,34 @@ def _finish(
     with heartbeat("drawing the figures"):
         _write_figures(model, splits, progress.history, config.out, device)
     return sidecar
+
+
+def _fit_prior(
+    config: TrainConfig, model: VAE, splits: MnistSplits, device: torch.device
+) -> dict[str, Any]:
+    """Fit the mixture /sample draws from to the training digits' posterior means, set it in
+    `model.prior` (exported with the model) and return what metadata["prior"] records."""
+    prior_config = LIMITED_PRIOR if config.limit is not None else PriorConfig()
+    started = time.perf_counter()
+    with heartbeat("fitting the latent prior to the training posterior means"):
+        fit = fit_prior(model, splits.train, splits.val, device, config.seed, prior_config)
+    mixture = fit.mixture
+    model.prior.set_mixture(
+        *(
+            tensor.to(device=device, dtype=torch.float32)
+            for tensor in (mixture.log_weights, mixture.means, mixture.scale_tril)
+        )
+    )
+    logger.info(
+        "prior: %d-component Gaussian mixture, validation log-likelihood %.2f (%s)",
+        fit.metrics["components"],
+        fit.metrics["val_log_likelihood"],
+        ", ".join(
+            f"K={k}: {row['val_log_likelihood']:.2f}"
+            for k, row in fit.metrics["candidates"].items()
+        ),
+    )
+    return {**fit.metrics, "seconds": timed(started)}
 
 
 def _test_metrics(
@@ -299,9 +330,14 @@ def _write_figures(
     write_reconstructions(
         originals.cpu(), model.reconstruct(originals).cpu(), out / "reconstructions.png"
     )
+    # One set of draws for both grids: the standard grid decodes eps itself, the fitted one
+    # the same eps carried through the mixture (prior_latents, as /sample does).
     generator = torch.Generator().manual_seed(0)
-    z = torch.randn(64, model.latent_dim, generator=generator).to(device)
-    write_samples(model.decode(z).cpu(), out / "samples.png")
+    eps = torch.randn(64, model.latent_dim, generator=generator)
+    uniform = torch.rand(64, generator=generator)
+    fitted = model.prior_latents(uniform.to(device), eps.to(device), 1.0)
+    write_samples(model.decode(fitted).cpu(), out / "samples.png")
+    write_samples(model.decode(eps.to(device)).cpu(), out / "samples_standard.png")
 
 
 def _log_summary(config: TrainConfig, sidecar: dict[str, Any], progress: RunProgress) -> None:

@@ -92,10 +92,10 @@ def save_state(
 
 
 def load_vae_weights(model: VAE, state: dict[str, torch.Tensor]) -> None:
-    """Load encoder/decoder weights; the orientation head is refitted after training, so
-    states saved without it (or with an unfitted one) are fine."""
+    """Load encoder/decoder weights; the orientation head and the prior are fitted after
+    training, so states saved without them (or with unfitted ones) are fine."""
     missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or any(not key.startswith("orientation.") for key in missing):
+    if unexpected or any(not key.startswith(("orientation.", "prior.")) for key in missing):
         raise TrainingSetupError(
             f"the saved state does not match the model ({missing + unexpected}); "
             "resume with the flags the run started with (--arch, --latent-dim)"

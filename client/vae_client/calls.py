@@ -31,6 +31,7 @@ from vae_client.results import (
 
 Result = TypeVar("Result")
 Preprocess = Literal["mnist", "none"]
+Prior = Literal["fitted", "standard"]  # None: the model's default (fitted when it has one)
 QueryValue = str | int | float
 
 
@@ -56,16 +57,26 @@ def _png(response: httpx.Response) -> PngImage:
     return PngImage(png=response.content, model_id=_model_id(response))
 
 
-def sample(n: int, nrow: int | None, seed: int | None, temperature: float) -> Call[Samples]:
+def sample(
+    n: int, nrow: int | None, seed: int | None, temperature: float, prior: Prior | None
+) -> Call[Samples]:
     def parse(response: httpx.Response) -> Samples:
         return Samples(
             png=response.content,
             model_id=_model_id(response),
             seed=int(response.headers["X-Seed"]),
+            # services older than fitted priors send no X-Prior: they draw from N(0, I)
+            prior=response.headers.get("X-Prior", "standard"),
         )
 
     body = {"n": n, "nrow": nrow, "seed": seed, "temperature": temperature}
-    return Call("POST", "/sample", parse, json={k: v for k, v in body.items() if v is not None})
+    return Call(
+        "POST",
+        "/sample",
+        parse,
+        params=_query(prior=prior),
+        json={k: v for k, v in body.items() if v is not None},
+    )
 
 
 def reconstruct(

@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("-n", type=int, default=64)
     sample.add_argument("--seed", type=int)
     sample.add_argument("--temperature", type=float, default=1.0)
+    sample.add_argument(
+        "--prior", choices=["fitted", "standard"], help="default: the model's, fitted if it has one"
+    )
     sample.add_argument("-o", "--out", default="samples.png")
     return parser
 
@@ -48,9 +51,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                     verdict = "ANOMALY" if result.is_anomaly else "ok"
                     print(f"{name:40} {result.score:10.2f} {result.percentile:10.2f}  {verdict}")
             else:
-                samples = client.sample(args.n, seed=args.seed, temperature=args.temperature)
+                samples = client.sample(
+                    args.n, seed=args.seed, temperature=args.temperature, prior=args.prior
+                )
                 samples.save(args.out)
-                print(f"wrote {args.out} (seed {samples.seed}, model {samples.model_id})")
+                print(
+                    f"wrote {args.out} (seed {samples.seed}, prior {samples.prior}, "
+                    f"model {samples.model_id})"
+                )
     except (VaeApiError, httpx.HTTPError, OSError, ValueError) as error:
         print(f"vae-client: {error}", file=sys.stderr)
         return 1

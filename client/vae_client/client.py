@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 
 from vae_client import calls
-from vae_client.calls import Call, Preprocess
+from vae_client.calls import Call, Preprocess, Prior
 from vae_client.errors import VaeApiError
 from vae_client.images import ImageInput, LatentInput, LatentsInput
 from vae_client.results import (
@@ -87,8 +87,9 @@ class VaeClient:
         nrow: int | None = None,
         seed: int | None = None,
         temperature: float = 1.0,
+        prior: Prior | None = None,
     ) -> Samples:
-        return self._send(calls.sample(n, nrow, seed, temperature))
+        return self._send(calls.sample(n, nrow, seed, temperature, prior))
 
     def reconstruct(
         self,
@@ -206,8 +207,9 @@ class AsyncVaeClient:
         nrow: int | None = None,
         seed: int | None = None,
         temperature: float = 1.0,
+        prior: Prior | None = None,
     ) -> Samples:
-        return await self._send(calls.sample(n, nrow, seed, temperature))
+        return await self._send(calls.sample(n, nrow, seed, temperature, prior))
 
     async def reconstruct(
         self,

@@ -35,6 +35,7 @@ class PngImage:
 @dataclass(frozen=True)
 class Samples(PngImage):
     seed: int  # send it back to get the same grid
+    prior: str  # what they were drawn from: "fitted" or "standard"
 
 
 @dataclass(frozen=True)
