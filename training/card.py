@@ -11,7 +11,11 @@ def render_card(sidecar: dict[str, Any]) -> str:
     calibration = sidecar["calibration"]
     rows = [
         ("test negative ELBO (nats/image, 1 sample)", metrics["test_neg_elbo"]),
-        (f"test IWAE NLL (k = {metrics['iwae_k']})", metrics["test_iwae_nll"]),
+        (
+            f"test IWAE NLL (k = {metrics['iwae_k']}, "
+            f"{metrics.get('iwae_images', data['test_images'])} test images)",
+            metrics["test_iwae_nll"],
+        ),
         ("test reconstruction / KL", f"{metrics['test_recon']} / {metrics['test_kl']}"),
         ("active latent units", f"{metrics['active_units']} of {arch['latent_dim']}"),
         (
@@ -42,6 +46,7 @@ def render_card(sidecar: dict[str, Any]) -> str:
         + ", ".join(f"{name} {value:.3f}" for name, value in named.items())
         + f"; the default threshold is p{calibration['default_threshold_percentile']:g}.",
         "",
+        *_refit_lines(calibration.get("paths", {}).get("refit")),
         *_prior_lines(sidecar.get("prior")),
         "Training: " + ", ".join(f"`{key}={value}`" for key, value in training.items()) + ".",
         "",
@@ -64,5 +69,18 @@ def _prior_lines(prior: dict[str, Any] | None) -> list[str]:
         f"full-covariance Gaussian mixture fitted to the {prior['fitted_on']}, chosen on the "
         f"{prior['chosen_on']} by log-likelihood per latent ({candidates}); "
         "`samples_standard.png` decodes N(0, I) draws instead.",
+        "",
+    ]
+
+
+def _refit_lines(refit: dict[str, Any] | None) -> list[str]:
+    if refit is None:
+        return []
+    named = refit["scores"][refit["default_score"]]["named"]
+    return [
+        f"Pictures that preprocess=mnist refits are scored against the same {refit['split']} "
+        f"digits rendered as {', '.join(refit['rendered_as'])} and refitted the same way: "
+        + ", ".join(f"{name} {value:.3f}" for name, value in named.items())
+        + ".",
         "",
     ]
