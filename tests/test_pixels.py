@@ -54,8 +54,9 @@ def plain_mnist_style(gray: FloatImage, alpha: FloatImage | None = None) -> Floa
         if not keep.all() and keep.sum() >= 3:
             coefficients = np.linalg.lstsq(design[keep], values[keep], rcond=None)[0]
             noise = 1.4826 * float(np.median(np.abs(values[keep] - design[keep] @ coefficients)))
-        plane = coefficients[0] + coefficients[1] * grid_rows + coefficients[2] * grid_cols
-        ink = np.clip(gray - plane.astype(np.float32), 0.0, 1.0)
+        down = (coefficients[0] + coefficients[1] * np.arange(height)).astype(np.float32)
+        across = (coefficients[2] * np.arange(width)).astype(np.float32)
+        ink = np.clip(gray - down[:, None] - across[None, :], 0.0, 1.0)
     if gray.shape == (IMAGE_SIZE, IMAGE_SIZE):
         return ink  # already MNIST's format
     if noise > 0.0:

@@ -149,11 +149,12 @@ def _remove_background(gray: FloatImage) -> tuple[FloatImage, float]:
         coefficients = np.linalg.lstsq(design[keep], values[keep], rcond=None)[0]
         residuals = values[keep] - design[keep] @ coefficients
         spread = 1.4826 * float(np.median(np.abs(residuals)))
-    row_index, col_index = _index_grids(height, width)
-    plane = (coefficients[0] + coefficients[1] * row_index + coefficients[2] * col_index).astype(
-        np.float32
-    )
-    return _clip_unit(gray - plane), spread
+    # a + b*row + c*col as a column plus a row, broadcast: one pass over the picture.
+    down = (coefficients[0] + coefficients[1] * np.arange(height)).astype(np.float32)
+    across = (coefficients[2] * np.arange(width)).astype(np.float32)
+    ink = gray - down[:, None]
+    ink -= across[None, :]
+    return _clip_unit(ink), spread
 
 
 def _border(gray: FloatImage) -> FloatImage:
