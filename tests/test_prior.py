@@ -21,7 +21,7 @@ from app.main import create_app
 from tests.conftest import png_of
 from tests.synthetic import stroke_digits
 from training.data import load_mnist
-from training.export import script_model
+from training.export import export_checkpoint, script_model
 from training.model import ModelConfig, build_model
 from training.prior import (
     GaussianMixture,
@@ -30,6 +30,7 @@ from training.prior import (
     fit_gaussian_mixture,
     kmeans_plus_plus,
 )
+from vae_common.checkpoint import load_checkpoint
 from vae_common.pixels import to_unit_interval
 
 # Three well-separated 3-D Gaussians with correlated, unequal covariances.
@@ -232,14 +233,64 @@ def test_model_card_lists_both_priors(prior_client: TestClient) -> None:
 
 
 def without_fitted_prior(source: Path, target: Path) -> Path:
-    """`source` re-saved with no `prior` in its metadata (and no sidecar): a checkpoint
-    exported without fitting one."""
-    extra = {"model.json": ""}
-    module = torch.jit.load(str(source), _extra_files=extra)
-    metadata = json.loads(extra["model.json"])
+    """`source` re-exported with no `prior` in its metadata: a checkpoint exported without
+    fitting one."""
+    checkpoint = load_checkpoint(source, torch.device("cpu"))
+    metadata = _exportable(checkpoint.metadata)
     del metadata["prior"]
-    torch.jit.save(module, str(target), _extra_files={"model.json": json.dumps(metadata)})
+    export_checkpoint(checkpoint.module, metadata, target)
     return target
+
+
+class V1Methods(torch.nn.Module):
+    """A checkpoint's exported methods as model v1 had them: no `prior_latents`, no
+    one-pass `reconstruct_with_terms`."""
+
+    def __init__(self, vae: torch.jit.ScriptModule) -> None:
+        super().__init__()
+        self.vae = vae
+        self.latent_dim: int = vae.latent_dim
+
+    @torch.jit.export
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.vae.encode(x)  # type: ignore[no-any-return]
+
+    @torch.jit.export
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(z)  # type: ignore[no-any-return]
+
+    @torch.jit.export
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        return self.vae.reconstruct(x)  # type: ignore[no-any-return]
+
+    @torch.jit.export
+    def score(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.vae.score(x)  # type: ignore[no-any-return]
+
+    @torch.jit.export
+    def anomaly_terms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.vae.anomaly_terms(x)  # type: ignore[no-any-return]
+
+    @torch.jit.export
+    def importance_terms(
+        self, x: torch.Tensor, eps: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.vae.importance_terms(x, eps)  # type: ignore[no-any-return]
+
+
+def as_v1(source: Path, target: Path) -> Path:
+    checkpoint = load_checkpoint(source, torch.device("cpu"))
+    metadata = _exportable(checkpoint.metadata)
+    del metadata["prior"]
+    export_checkpoint(torch.jit.script(V1Methods(checkpoint.module)), metadata, target)
+    return target
+
+
+def _exportable(metadata: dict[str, object]) -> dict[str, object]:
+    copied: dict[str, object] = json.loads(json.dumps(metadata))
+    for key in ("format_version", "model_id", "weights_sha256"):
+        del copied[key]
+    return copied
 
 
 def test_prior_fitted_is_a_422_naming_the_fix_without_a_fitted_prior(
@@ -257,12 +308,20 @@ def test_prior_fitted_is_a_422_naming_the_fix_without_a_fitted_prior(
         assert card["prior"]["name"] == "standard" and "fitted" in card["unavailable_priors"]
 
 
-def test_prior_fitted_is_a_422_with_the_v1_checkpoint(shipped_client: TestClient) -> None:
-    refused = shipped_client.post("/sample?prior=fitted", json={"n": 4, "seed": 1})
-    assert refused.status_code == 422
-    assert "predates fitted priors" in refused.json()["detail"]
-    drawn = shipped_client.post("/sample", json={"n": 4, "seed": 1})
-    assert drawn.status_code == 200 and drawn.headers["X-Prior"] == "standard"
+def test_prior_fitted_is_a_422_with_a_checkpoint_that_predates_it(
+    tiny_model_path: Path, tmp_path: Path
+) -> None:
+    path = as_v1(tiny_model_path, tmp_path / "v1.pt")
+    with TestClient(create_app(Settings(model_path=path, device="cpu"))) as client:
+        refused = client.post("/sample?prior=fitted", json={"n": 4, "seed": 1})
+        assert refused.status_code == 422
+        assert "predates fitted priors" in refused.json()["detail"]
+        drawn = client.post("/sample", json={"n": 4, "seed": 1})
+        assert drawn.status_code == 200 and drawn.headers["X-Prior"] == "standard"
+        reconstructed = client.post(
+            "/reconstruct", files={"file": ("d.png", png_of(stroke_digits(1, seed=3)[0]), "")}
+        )
+        assert reconstructed.status_code == 200  # two passes, as v1 ran it
 
 
 def test_standard_draws_are_the_seeded_normals_as_before(engine: Engine) -> None:
