@@ -73,8 +73,8 @@ class ReconstructOptions(BaseModel):
 
     preprocess: Literal["mnist", "none"] = Field(
         "mnist",
-        description="mnist: convert a real-world picture MNIST's way; none: already 28x28 "
-        "white-on-black MNIST-style",
+        description="mnist: convert a real-world picture MNIST's way (a 28x28 upload is kept "
+        "as sent, only made white on black); none: already 28x28 white-on-black MNIST-style",
     )
     scale: int = Field(1, ge=1, le=16, description="nearest-neighbour upscaling of the PNG")
     layout: Literal["single", "pair"] = Field(
