@@ -122,7 +122,11 @@ def test_sigterm_answers_503_on_readyz_serves_the_drain_then_exits(
     statuses = [status for _, status in load.readiness]
     assert statuses[-1] == "refused"
     assert statuses.index(503) < statuses.index("refused")
-    assert set(statuses[statuses.index(503) : -1]) == {503}  # never ready again
+    after = statuses[statuses.index(503) : -1]
+    last_503 = max(index for index, status in enumerate(after) if status == 503)
+    assert set(after[: last_503 + 1]) == {503}  # never ready again while it listens
+    # The closing listener may reset a connection still in its queue: only then, no reply.
+    assert all(isinstance(status, str) for status in after[last_503 + 1 :]), after
     log = service.log_text()
     assert log.index("/readyz answers 503") < log.index("drained: closing the listener")
 
