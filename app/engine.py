@@ -26,6 +26,7 @@ from vae_common.scoring import (
     CALIBRATION_PATH_DESCRIPTIONS,
     DEFAULT_SCORE,
     DEFAULT_THRESHOLD_PERCENTILE,
+    MONTE_CARLO_SCORES,
     PIXELS_PATH,
     REFIT_PATH,
     SCORES,
@@ -416,8 +417,11 @@ def _warm_up(engine: Engine, max_rows: int) -> None:
         engine.sample(WARMUP_BATCH, 1.0, 0, prior)
     engine.reconstruct(x)
     engine.encode(x)
-    for path in engine.paths:
-        for name in engine.calibrations:
+    for name in engine.calibrations:
+        engine.score(x, name, None)
+    # Other paths differ only in their calibration lookups: the same forward passes.
+    for path in engine.paths.keys() - {PIXELS_PATH}:
+        for name in engine.calibrations.keys() - set(MONTE_CARLO_SCORES):
             engine.score(x, name, None, path)
     # Without the default score's calibration, the reconstruction score makes the same
     # encoder and decoder passes.
