@@ -232,13 +232,15 @@ def test_model_card_lists_both_priors(prior_client: TestClient) -> None:
     assert "unavailable_priors" not in card
 
 
-def without_fitted_prior(source: Path, target: Path) -> Path:
+def without_fitted_prior(source: Path, target: Path, as_v1: bool = False) -> Path:
     """`source` re-exported with no `prior` in its metadata: a checkpoint exported without
-    fitting one."""
+    fitting one, or (as_v1) one whose module has only model v1's methods."""
     checkpoint = load_checkpoint(source, torch.device("cpu"))
-    metadata = _exportable(checkpoint.metadata)
-    del metadata["prior"]
-    export_checkpoint(checkpoint.module, metadata, target)
+    metadata: dict[str, object] = json.loads(json.dumps(checkpoint.metadata))
+    for key in ("format_version", "model_id", "weights_sha256", "prior"):
+        del metadata[key]
+    module = torch.jit.script(V1Methods(checkpoint.module)) if as_v1 else checkpoint.module
+    export_checkpoint(module, metadata, target)
     return target
 
 
@@ -278,21 +280,6 @@ class V1Methods(torch.nn.Module):
         return self.vae.importance_terms(x, eps)  # type: ignore[no-any-return]
 
 
-def as_v1(source: Path, target: Path) -> Path:
-    checkpoint = load_checkpoint(source, torch.device("cpu"))
-    metadata = _exportable(checkpoint.metadata)
-    del metadata["prior"]
-    export_checkpoint(torch.jit.script(V1Methods(checkpoint.module)), metadata, target)
-    return target
-
-
-def _exportable(metadata: dict[str, object]) -> dict[str, object]:
-    copied: dict[str, object] = json.loads(json.dumps(metadata))
-    for key in ("format_version", "model_id", "weights_sha256"):
-        del copied[key]
-    return copied
-
-
 def test_prior_fitted_is_a_422_naming_the_fix_without_a_fitted_prior(
     tiny_model_path: Path, tmp_path: Path
 ) -> None:
@@ -311,7 +298,7 @@ def test_prior_fitted_is_a_422_naming_the_fix_without_a_fitted_prior(
 def test_prior_fitted_is_a_422_with_a_checkpoint_that_predates_it(
     tiny_model_path: Path, tmp_path: Path
 ) -> None:
-    path = as_v1(tiny_model_path, tmp_path / "v1.pt")
+    path = without_fitted_prior(tiny_model_path, tmp_path / "v1.pt", as_v1=True)
     with TestClient(create_app(Settings(model_path=path, device="cpu"))) as client:
         refused = client.post("/sample?prior=fitted", json={"n": 4, "seed": 1})
         assert refused.status_code == 422

@@ -165,12 +165,12 @@ class ResidualBlock(nn.Module):
         return x + residual
 
 
-class ResConvEncoder(nn.Module):
+class ResConvEncoder(ConvEncoder):
     """Model v2's encoder: v1's two stride-2 convolutions, wider, each followed by residual
-    blocks at its resolution."""
+    blocks at its resolution. Builds its own layers; runs them as ConvEncoder does."""
 
     def __init__(self, config: ModelConfig) -> None:
-        super().__init__()
+        nn.Module.__init__(self)  # not ConvEncoder's layers: these
         c1, c2 = config.conv_channels
         blocks = config.residual_blocks
         self.features = nn.Sequential(
@@ -186,17 +186,6 @@ class ResConvEncoder(nn.Module):
         )
         self.mu = nn.Linear(config.conv_hidden_dim, config.latent_dim)
         self.logvar = nn.Linear(config.conv_hidden_dim, config.latent_dim)
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return self.posterior(self.hidden(x))
-
-    def hidden(self, x: Tensor) -> Tensor:
-        """(B, 1, 28, 28) -> (B, conv_hidden_dim) features."""
-        features: Tensor = self.features(x)
-        return features
-
-    def posterior(self, hidden: Tensor) -> tuple[Tensor, Tensor]:
-        return self.mu(hidden), self.logvar(hidden)
 
 
 class ResConvDecoder(nn.Module):
