@@ -104,10 +104,16 @@ class Engine:
         """The scores this checkpoint can serve (every path has the same ones)."""
         return self.paths[PIXELS_PATH].calibrations
 
-    def calibration_path(self, refit: bool) -> str:
-        """The calibration for a picture preprocess=mnist refitted (or kept as sent); a
-        checkpoint without a refit calibration (model v1) scores every input as pixels."""
-        return REFIT_PATH if refit and REFIT_PATH in self.paths else PIXELS_PATH
+    def calibration_groups(self, refit: np.ndarray) -> dict[str, list[int]]:
+        """Row indices by the calibration each row gets: a picture preprocess=mnist refitted
+        takes `refit`, anything else `pixels`; a checkpoint without a refit calibration
+        (model v1) scores every input as pixels. In order of first appearance."""
+        if REFIT_PATH not in self.paths or not refit.any():
+            return {PIXELS_PATH: list(range(len(refit)))}
+        groups: dict[str, list[int]] = {}
+        for index, refitted in enumerate(refit.tolist()):
+            groups.setdefault(REFIT_PATH if refitted else PIXELS_PATH, []).append(index)
+        return groups
 
     @property
     def model_id(self) -> str:

@@ -145,17 +145,20 @@ class Scored:
 
 def score_digits(engine: Engine, digits: Digits, score: str | None = None) -> Scored:
     """Score as /anomaly-score does: each image with the job of its calibration path."""
-    paths = [engine.calibration_path(bool(refit)) for refit in digits.refit]
-    scores = np.zeros(len(paths))
-    percentiles = np.zeros(len(paths))
-    flagged = np.zeros(len(paths), dtype=bool)
-    for path in dict.fromkeys(paths):
-        rows = np.array([i for i, p in enumerate(paths) if p == path])
+    groups = engine.calibration_groups(digits.refit)
+    count = len(digits.pixels)
+    scores, percentiles = np.zeros(count), np.zeros(count)
+    flagged = np.zeros(count, dtype=bool)
+    paths = [""] * count
+    for path, indices in groups.items():
+        rows = np.array(indices)
         job = replace(default_job(engine, score), calibration=path)
         path_scores = score_pixels(engine, digits.pixels[rows], job)
         scores[rows] = path_scores
         percentiles[rows] = engine.percentiles(job.score, path_scores, path)
         flagged[rows] = path_scores > engine.threshold(job.score, None, None, path).value
+        for index in indices:
+            paths[index] = path
     return Scored(scores, percentiles, flagged, paths)
 
 

@@ -56,8 +56,7 @@ async def anomaly_score(request: Request) -> Response:
     engine = services.engine
     # Each image is scored against the calibration of the way it arrived: as MNIST pixels,
     # or refitted from a picture by preprocess=mnist. One job per calibration in the request.
-    paths = [engine.calibration_path(bool(refit)) for refit in digits.refit]
-    groups = {path: [i for i, p in enumerate(paths) if p == path] for path in dict.fromkeys(paths)}
+    groups = engine.calibration_groups(digits.refit)
     jobs = [
         (
             ScoreJob.for_request(
@@ -101,9 +100,8 @@ def anomaly_reply(parts: list[ScoredPart], options: AnomalyOptions) -> bytes:
     thresholds = []
     for job, served, rows in parts:
         scores, recon, kl, percentiles = served.outputs
-        threshold = served.engine.threshold(
-            job.score, options.threshold, options.fpr, _served_path(job, served)
-        )
+        path = _served_path(job, served)
+        threshold = served.engine.threshold(job.score, options.threshold, options.fpr, path)
         thresholds.append(threshold)
         cut = float(threshold.value)
         results.extend(
@@ -114,7 +112,7 @@ def anomaly_reply(parts: list[ScoredPart], options: AnomalyOptions) -> bytes:
                 "kl": divergence,
                 "percentile": round(percentile, 3),
                 "is_anomaly": score > cut,
-                "calibration": _served_path(job, served),
+                "calibration": path,
                 "threshold": cut,
             }
             for index, score, loss, divergence, percentile in zip(
