@@ -98,9 +98,11 @@ def mnist_digit(gray: FloatImage, alpha: FloatImage | None = None) -> PreparedDi
     gray = gray.astype(np.float32, copy=False)
     if alpha is not None:
         gray = _flatten_alpha(gray, alpha.astype(np.float32, copy=False))
-    if _background_level(gray) > 0.5:
+    level = _background_level(gray)
+    if level > 0.5:
         gray = 1.0 - gray
-    ink, noise = _remove_background(gray)
+        level = _background_level(gray)
+    ink, noise = _remove_background(gray, level)
     if gray.shape == (IMAGE_SIZE, IMAGE_SIZE):
         return PreparedDigit(ink, refit=False)
     if noise > 0.0:
@@ -125,15 +127,14 @@ NOISE_FLOOR_SIGMAS = 3.0
 PLANE_OUTLIER_SIGMAS = 3.0
 
 
-def _remove_background(gray: FloatImage) -> tuple[FloatImage, float]:
+def _remove_background(gray: FloatImage, level: float) -> tuple[FloatImage, float]:
     """gray minus its background, clipped to [0, 1], and the noise spread on the border.
 
     A border of one level (MNIST's, a clean scan's) is that level, with no noise: the
     common case costs one sort. Otherwise the background is a plane a + b*row + c*col
     fitted to the border by least squares, refitted without the border pixels that stand
     out from it (strokes reaching the frame); the spread is 1.4826 x the median absolute
-    residual (the standard deviation of Gaussian noise)."""
-    level = _background_level(gray)
+    residual (the standard deviation of Gaussian noise). `level`: the border's median."""
     border = _border(gray)
     if not np.isfinite(level) or float(border.max() - border.min()) <= 1.0 / 255.0:
         return _clip_unit(gray - np.float32(level)), 0.0
