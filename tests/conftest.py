@@ -7,9 +7,11 @@ import importlib.util
 import io
 import os
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -21,6 +23,7 @@ from app.config import Settings
 from app.main import create_app
 from benchmarks.serve_load.servers import Server, running_service
 from scripts.browser_demo import chromium_path, launch_chromium
+from tests.early_start import EarlyStarts, early_start, first_uses
 from tests.synthetic import stroke_digits, write_idx_mnist
 from training.config import TrainConfig
 from training.pipeline import run
@@ -114,17 +117,29 @@ def module_client(tiny_model_path: Path) -> Iterator[TestClient]:
 
 
 @pytest.fixture(scope="session")
-def shipped_client() -> Iterator[TestClient]:
-    with TestClient(create_app(Settings(model_path=SHIPPED_MODEL, device="cpu"))) as test_client:
-        yield test_client
+def shipped_client(shipped_service: Server) -> Iterator[httpx.Client]:
+    """A client of the shipped checkpoint's server: requests made as with a TestClient, run
+    by the child process (on the core this one leaves idle) instead of in this one."""
+    with httpx.Client(base_url=shipped_service.url, timeout=60) as client:
+        yield client
 
 
-@pytest.fixture(scope="session")
-def shipped_service() -> Iterator[Server]:
+@pytest.fixture(scope="session", autouse=True)
+def early_starts(request: pytest.FixtureRequest) -> Iterator[EarlyStarts]:
+    """The child servers this run's tests use, started in the background (tests/early_start.py)."""
+    starts = EarlyStarts()
+    starts.begin(first_uses(request.session.items), request)
+    try:
+        yield starts
+    finally:
+        starts.close()
+
+
+@early_start(scope="session")
+def shipped_service(request: pytest.FixtureRequest) -> AbstractContextManager[Server]:
     """`python -m app` on the shipped checkpoint, as `make serve` starts it, started once for
     the tests that only send it requests (the README's recipes, the real HTTP path)."""
-    with running_service(SHIPPED_MODEL, {"VAE_DEVICE": "cpu"}, name="shipped") as server:
-        yield server
+    return running_service(SHIPPED_MODEL, {"VAE_DEVICE": "cpu"}, name="shipped", wait=False)
 
 
 @pytest.fixture(scope="session")

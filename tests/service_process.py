@@ -37,6 +37,9 @@ class ServiceProcess:
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def wait_until_ready(self) -> None:
+        wait_ready(self.url, self.process, self.log)
+
 
 def free_port() -> int:
     with socket.socket() as probe:
@@ -61,10 +64,15 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
 
 @contextmanager
 def service_process(
-    model_path: Path, log_dir: Path, environment: Mapping[str, str] | None = None, **settings: str
+    model_path: Path,
+    log_dir: Path,
+    environment: Mapping[str, str] | None = None,
+    wait: bool = True,
+    **settings: str,
 ) -> Iterator[ServiceProcess]:
     """settings: VAE_* names without the prefix, e.g. drain_seconds="2"; `environment`: other
-    variables, e.g. PROMETHEUS_MULTIPROC_DIR."""
+    variables, e.g. PROMETHEUS_MULTIPROC_DIR. wait=False yields it at once, still starting
+    (tests/early_start.py calls `wait_until_ready`)."""
     port = free_port()
     env = {
         **os.environ,
@@ -88,7 +96,8 @@ def service_process(
         )
     running = ServiceProcess(process, port, log)
     try:
-        wait_ready(running.url, process, log)
+        if wait:
+            running.wait_until_ready()
         yield running
     finally:
         with suppress(ProcessLookupError):

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,7 @@ from benchmarks.serve_load.procfs import (
     wait_until_idle,
 )
 from benchmarks.serve_load.scenarios import MIXED_WEIGHTS, SCENARIOS, Inputs
-from benchmarks.serve_load.servers import running, running_bare_app
+from benchmarks.serve_load.servers import Server, running, running_bare_app
 from benchmarks.serve_load.wrk import (
     LoadShape,
     Measurement,
@@ -41,6 +42,7 @@ from benchmarks.serve_load.wrk import (
     parse_summary,
     write_requests,
 )
+from tests.early_start import early_start
 
 DIGITS = synthetic_digits(8)
 INPUTS = Inputs(DIGITS, latent_dim=4)  # the tiny checkpoint's (tests/conftest.py)
@@ -191,15 +193,19 @@ def test_launcher_reports_a_server_that_exits_before_it_is_ready(tmp_path: Path)
         pass
 
 
+@early_start()
+def bare_app(request: pytest.FixtureRequest) -> AbstractContextManager[Server]:
+    return running_bare_app(wait=False)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(
     shutil.which("wrk") is None, reason="wrk is not installed (apt-get install wrk)"
 )
-def test_wrk_replays_the_pool_against_the_bare_app(tmp_path: Path) -> None:
+def test_wrk_replays_the_pool_against_the_bare_app(bare_app: Server, tmp_path: Path) -> None:
     files = write_requests(SCENARIOS["anomaly-1"].build(INPUTS), tmp_path)
-    with running_bare_app() as bare:
-        # Start, warm-up, window and tail add up to under 2 s: wrk's run is whole seconds.
-        run = measure(find_wrk(), bare, "anomaly-1", 1, files, LoadShape(1, 2, 0.4, 0.6, 10))
+    # Start, warm-up, window and tail add up to under 2 s: wrk's run is whole seconds.
+    run = measure(find_wrk(), bare_app, "anomaly-1", 1, files, LoadShape(1, 2, 0.4, 0.6, 10))
     assert 0 < run.wrk.window_responses < run.wrk.responses
     assert run.wrk.errors == 0
     assert run.server_cpu_s > 0

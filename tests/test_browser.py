@@ -13,6 +13,7 @@ from fastapi import FastAPI
 
 from app.config import Settings
 from app.main import create_app
+from benchmarks.serve_load.servers import Server
 from scripts.browser_demo import (
     DIGIT_STROKES,
     draw,
@@ -20,7 +21,6 @@ from scripts.browser_demo import (
     touch_draw,
 )
 from scripts.live_server import live_server
-from tests.conftest import SHIPPED_MODEL
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -39,12 +39,6 @@ def demo_app(tiny_model_path: Path) -> FastAPI:
 @pytest.fixture(scope="module")
 def service_url(demo_app: FastAPI) -> Iterator[str]:
     with live_server(demo_app) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def shipped_url() -> Iterator[str]:
-    with live_server(create_app(Settings(model_path=SHIPPED_MODEL, device="cpu"))) as url:
         yield url
 
 
@@ -121,11 +115,11 @@ def test_interpolation_between_two_drawn_digits_shows_a_strip(
 
 
 @pytest.fixture(scope="module")
-def shipped_docs(chromium: Browser, shipped_url: str) -> Iterator[tuple[Page, list[str]]]:
+def shipped_docs(chromium: Browser, shipped_service: Server) -> Iterator[tuple[Page, list[str]]]:
     """/docs of the shipped model, loaded once (Swagger UI takes a second or two to render
     here): each test below opens operations of its own, and none changes the service."""
-    page, blocked = offline_page(chromium, shipped_url)
-    page.goto(f"{shipped_url}/docs")
+    page, blocked = offline_page(chromium, shipped_service.url)
+    page.goto(f"{shipped_service.url}/docs")
     yield page, blocked
     page.close()
 

@@ -8,6 +8,7 @@ import io
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -262,7 +263,7 @@ def test_a_full_queue_answers_503_with_retry_after(
 
 @pytest.mark.parametrize("path", ["/encode", "/decode", "/interpolate"])
 def test_openapi_json_examples_work_on_the_shipped_model(
-    shipped_client: TestClient, path: str
+    shipped_client: httpx.Client, path: str
 ) -> None:
     operation = shipped_client.get("/openapi.json").json()["paths"][path]["post"]
     assert {"422", "415", "503"} <= set(operation["responses"])

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import shutil
 import signal
+import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import httpx
 import pytest
 
 from app.server import EXIT_FORCED
+from tests.early_start import early_start
 from tests.service_process import ServiceProcess, service_process
 from tests.test_ops_metrics_workers import (
     WORKERS,
@@ -109,12 +112,34 @@ def drain_under_load(service: ServiceProcess, png: bytes) -> Load:
     return load
 
 
+Starts = AbstractContextManager[ServiceProcess]
+
+
+def tiny_service(request: pytest.FixtureRequest, drain_seconds: str) -> Starts:
+    return service_process(
+        request.getfixturevalue("tiny_model_path"),
+        request.getfixturevalue("tmp_path_factory").mktemp("lifecycle"),
+        wait=False,
+        drain_seconds=drain_seconds,
+    )
+
+
+@early_start()
+def draining_service(request: pytest.FixtureRequest) -> Starts:
+    return tiny_service(request, str(DRAIN_S))
+
+
+@early_start()
+def long_draining_service(request: pytest.FixtureRequest) -> Starts:
+    return tiny_service(request, "120")
+
+
 def test_sigterm_answers_503_on_readyz_serves_the_drain_then_exits(
-    tiny_model_path: Path, tmp_path: Path, stroke_png: bytes
+    draining_service: ServiceProcess, stroke_png: bytes
 ) -> None:
-    with service_process(tiny_model_path, tmp_path, drain_seconds=str(DRAIN_S)) as service:
-        load = drain_under_load(service, stroke_png)
-        assert service.process.returncode == -signal.SIGTERM, service.log_text()
+    service = draining_service
+    load = drain_under_load(service, stroke_png)
+    assert service.process.returncode == -signal.SIGTERM, service.log_text()
     failed = [status for _, status in load.replies if status != 200]
     assert failed == [], failed
     not_ready = load.first(503)
@@ -131,28 +156,19 @@ def test_sigterm_answers_503_on_readyz_serves_the_drain_then_exits(
     assert log.index("/readyz answers 503") < log.index("drained: closing the listener")
 
 
-def test_second_signal_exits_at_once(tiny_model_path: Path, tmp_path: Path) -> None:
-    with service_process(tiny_model_path, tmp_path, drain_seconds="120") as service:
-        service.signal(signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        while httpx.get(f"{service.url}/readyz", timeout=5).status_code != 503:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        service.signal(signal.SIGINT)
-        # Well before the 120 s drain would have ended; killed by the SIGTERM it re-raises
-        # (as uvicorn does), or by our forced exit.
-        returncode = service.process.wait(timeout=30)
-        assert returncode in {-signal.SIGTERM, EXIT_FORCED}, service.log_text()
-        assert "second SIGINT: exiting at once" in service.log_text()
-
-
-@pytest.fixture
-def swappable_model(tiny_model_path: Path, tmp_path: Path) -> Path:
-    """A copy of the tiny checkpoint at a path the test can overwrite."""
-    path = tmp_path / "serving" / "model.pt"
-    path.parent.mkdir()
-    shutil.copy(tiny_model_path, path)
-    return path
+def test_second_signal_exits_at_once(long_draining_service: ServiceProcess) -> None:
+    service = long_draining_service
+    service.signal(signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while httpx.get(f"{service.url}/readyz", timeout=5).status_code != 503:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    service.signal(signal.SIGINT)
+    # Well before the 120 s drain would have ended; killed by the SIGTERM it re-raises (as
+    # uvicorn does), or by our forced exit.
+    returncode = service.process.wait(timeout=30)
+    assert returncode in {-signal.SIGTERM, EXIT_FORCED}, service.log_text()
+    assert "second SIGINT: exiting at once" in service.log_text()
 
 
 def replace_checkpoint(path: Path, new: Path) -> None:
@@ -161,37 +177,66 @@ def replace_checkpoint(path: Path, new: Path) -> None:
     staged.replace(path)  # atomic: a reload reads the old file or the new one, never half
 
 
-@pytest.mark.slow
-def test_two_workers_add_up_metrics_reload_on_sighup_and_drain_on_sigterm(
-    swappable_model: Path,
-    second_model_path: Path,
-    tmp_path: Path,
-    stroke_png: bytes,
-) -> None:
-    # One two-worker server for three facts, in this order: the metrics check needs it fresh
-    # and idle, and the drain ends it.
-    metrics_dir = tmp_path / "metrics"
+@dataclass
+class TwoWorkers:
+    """A two-worker server on a copy of the tiny checkpoint that the test may overwrite."""
+
+    service: ServiceProcess
+    model: Path
+    metrics_dir: Path
+
+    @property
+    def process(self) -> subprocess.Popen[bytes]:
+        return self.service.process
+
+    def wait_until_ready(self) -> None:
+        self.service.wait_until_ready()
+
+
+@early_start()
+def two_workers(request: pytest.FixtureRequest) -> AbstractContextManager[TwoWorkers]:
+    folder: Path = request.getfixturevalue("tmp_path_factory").mktemp("two-workers")
+    model = folder / "serving" / "model.pt"
+    model.parent.mkdir()
+    shutil.copy(request.getfixturevalue("tiny_model_path"), model)
+    metrics_dir = folder / "metrics"
     leave_stale_counters(metrics_dir)
+    return _two_workers(model, folder, metrics_dir)
+
+
+@contextmanager
+def _two_workers(model: Path, folder: Path, metrics_dir: Path) -> Iterator[TwoWorkers]:
     with service_process(
-        swappable_model,
-        tmp_path,
+        model,
+        folder,
         environment={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},
+        wait=False,
         workers=str(WORKERS),
         batch_max_size="8",
         drain_seconds=str(DRAIN_S),
     ) as service:
-        check_metrics_add_up_every_workers_requests(service.url, metrics_dir)
-        old_id = httpx.get(f"{service.url}/model", timeout=10).json()["model_id"]
-        load = Load(service.url, stroke_png)
-        load.start()
-        load.wait_until(lambda: len(load.model_ids) >= 10)
-        replace_checkpoint(swappable_model, second_model_path)
-        service.signal(signal.SIGHUP)
-        # Both workers answer on the shared port: once the last 40 replies all come from
-        # the new model, both have switched.
-        load.wait_until(lambda: load.model_ids.count(old_id) > 0 and _all_new(load, old_id))
-        assert service.log_text().count("now serving") == WORKERS, service.log_text()
-        drain(service, load)
+        yield TwoWorkers(service, model, metrics_dir)
+
+
+@pytest.mark.slow
+def test_two_workers_add_up_metrics_reload_on_sighup_and_drain_on_sigterm(
+    two_workers: TwoWorkers, second_model_path: Path, stroke_png: bytes
+) -> None:
+    # One two-worker server for three facts, in this order: the metrics check needs it fresh
+    # and idle, and the drain ends it.
+    service = two_workers.service
+    check_metrics_add_up_every_workers_requests(service.url, two_workers.metrics_dir)
+    old_id = httpx.get(f"{service.url}/model", timeout=10).json()["model_id"]
+    load = Load(service.url, stroke_png)
+    load.start()
+    load.wait_until(lambda: len(load.model_ids) >= 10)
+    replace_checkpoint(two_workers.model, second_model_path)
+    service.signal(signal.SIGHUP)
+    # Both workers answer on the shared port: once the last 40 replies all come from
+    # the new model, both have switched.
+    load.wait_until(lambda: load.model_ids.count(old_id) > 0 and _all_new(load, old_id))
+    assert service.log_text().count("now serving") == WORKERS, service.log_text()
+    drain(service, load)
     failed = [status for _, status in load.replies if status != 200]
     assert failed == [], failed
     assert set(load.model_ids) == {old_id, _new_id(load, old_id)}

@@ -23,8 +23,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +31,7 @@ import pytest
 
 from benchmarks.serve_load.servers import Server, running_service
 from tests.conftest import PROJECT_ROOT, SHIPPED_MODEL
+from tests.early_start import early_start
 
 # A draft can be checked before it replaces the README: README_RECIPES=draft.md pytest ...
 README = Path(os.environ.get("README_RECIPES", PROJECT_ROOT / "README.md"))
@@ -127,10 +127,9 @@ def test_the_readme_has_recipes_that_call_the_service() -> None:
 class Recipes:
     """Live servers, the scratch folder and the environment the blocks run in."""
 
-    def __init__(self, stack: ExitStack, scratch: Path, open_url: str) -> None:
-        self.stack = stack
+    def __init__(self, scratch: Path, open_url: str, keyed_url: str) -> None:
         self.scratch = scratch
-        self.urls: dict[bool, str] = {False: open_url}
+        self.urls = {False: open_url, True: keyed_url}
         for entry in PROJECT_ROOT.iterdir():
             if entry.name != ".git":
                 (scratch / entry.name).symlink_to(entry)
@@ -155,15 +154,8 @@ class Recipes:
             PATH=os.pathsep.join([str(shims), *path]), CURL_FAILURES=str(self.failures_log)
         )
 
-    def url(self, keyed: bool) -> str:
-        if keyed not in self.urls:
-            settings = {"VAE_DEVICE": "cpu", "VAE_API_KEY": TEST_KEY}
-            server = self.stack.enter_context(running_service(SHIPPED_MODEL, settings, "keyed"))
-            self.urls[keyed] = server.url
-        return self.urls[keyed]
-
     def run(self, block: Block) -> subprocess.CompletedProcess[str]:
-        address = self.url(block.keyed).removeprefix("http://")
+        address = self.urls[block.keyed].removeprefix("http://")
         script = SERVICE_ADDRESS.sub(address, block.text)
         environment = dict(self.environment)
         if block.keyed:
@@ -179,14 +171,24 @@ class Recipes:
         )
 
 
+@early_start(scope="module")
+def keyed_shipped_service(request: pytest.FixtureRequest) -> AbstractContextManager[Server]:
+    """The shipped checkpoint behind an API key, for the recipes that send one."""
+    settings = {"VAE_DEVICE": "cpu", "VAE_API_KEY": TEST_KEY}
+    return running_service(SHIPPED_MODEL, settings, "keyed", wait=False)
+
+
 @pytest.fixture(scope="module")
-def recipes(tmp_path_factory: pytest.TempPathFactory, shipped_service: Server) -> Iterator[Recipes]:
+def recipes(
+    tmp_path_factory: pytest.TempPathFactory,
+    shipped_service: Server,
+    keyed_shipped_service: Server,
+) -> Recipes:
     """Open recipes go to the suite's shared shipped server (tests/conftest.py), keyed ones
-    to a server of their own, started when the first one runs."""
+    to a keyed server of their own."""
     scratch = tmp_path_factory.mktemp("readme") / "clone"
     scratch.mkdir()
-    with ExitStack() as stack:
-        yield Recipes(stack, scratch, shipped_service.url)
+    return Recipes(scratch, shipped_service.url, keyed_shipped_service.url)
 
 
 def written_files(text: str) -> list[str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -146,7 +147,7 @@ def test_threshold_and_fpr_change_is_anomaly_as_documented(
 
 @pytest.mark.shipped
 def test_real_digits_score_lower_than_noise_and_blank(
-    shipped_client: TestClient, mnist_sample: np.ndarray
+    shipped_client: httpx.Client, mnist_sample: np.ndarray
 ) -> None:
     digits = (mnist_sample[:100].astype(np.float32) / 255.0).reshape(100, -1)
     noise = np.random.default_rng(0).random((20, 784), dtype=np.float32)
@@ -166,7 +167,7 @@ def test_real_digits_score_lower_than_noise_and_blank(
 
 @pytest.mark.shipped
 def test_flipped_digits_score_higher_than_upright_ones(
-    shipped_client: TestClient, mnist_sample: np.ndarray
+    shipped_client: httpx.Client, mnist_sample: np.ndarray
 ) -> None:
     digits = mnist_sample[:64].astype(np.float32) / 255.0
     upright = shipped_client.post(

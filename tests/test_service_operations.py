@@ -11,6 +11,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,7 @@ from fastapi.testclient import TestClient
 from app.batching import DynamicBatcher, Served
 from app.jobs import Job
 from tests.conftest import PROJECT_ROOT, app_on, png_of
+from tests.early_start import early_start
 from tests.synthetic import stroke_digits
 from vae_common.checkpoint import CheckpointError
 
@@ -97,26 +100,58 @@ def test_cuda_without_a_gpu_is_a_clear_startup_error(
         pass
 
 
+@dataclass
+class ExitedRun:
+    """`python -m app` run to its exit; "ready" once it has exited (tests/early_start.py)."""
+
+    process: subprocess.Popen[bytes]
+    stderr_path: Path
+    checkpoint: Path
+    stderr: str = ""
+
+    def wait_until_ready(self) -> None:
+        self.process.wait(timeout=120)
+        self.stderr = self.stderr_path.read_text()
+
+
+@early_start()
+def corrupt_checkpoint_run(
+    request: pytest.FixtureRequest,
+) -> AbstractContextManager[ExitedRun]:
+    folder: Path = request.getfixturevalue("tmp_path_factory").mktemp("corrupt")
+    corrupt = folder / "model.pt"
+    corrupt.write_bytes(b"\x00" * 100)
+    return _run_to_exit(corrupt, folder / "stderr.log")
+
+
+@contextmanager
+def _run_to_exit(checkpoint: Path, stderr_path: Path) -> Iterator[ExitedRun]:
+    env = {**os.environ, "VAE_MODEL_PATH": str(checkpoint), "VAE_PORT": "8765"}
+    with stderr_path.open("wb") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app"],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    try:
+        yield ExitedRun(process, stderr_path, checkpoint)
+    finally:
+        process.kill()
+        process.wait()
+
+
 @pytest.mark.slow
 def test_process_exits_nonzero_with_one_clear_line_on_a_corrupt_checkpoint(
-    tmp_path: Path,
+    corrupt_checkpoint_run: ExitedRun,
 ) -> None:
-    corrupt = tmp_path / "model.pt"
-    corrupt.write_bytes(b"\x00" * 100)
-    env = {**os.environ, "VAE_MODEL_PATH": str(corrupt), "VAE_PORT": "8765"}
-    result = subprocess.run(
-        [sys.executable, "-m", "app"],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode != 0
+    result = corrupt_checkpoint_run
+    assert result.process.returncode != 0
     records = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
     critical = [r for r in records if r["level"] == "critical"]
     assert len(critical) == 1
-    assert str(corrupt) in critical[0]["message"]
+    assert str(result.checkpoint) in critical[0]["message"]
     assert "not a readable TorchScript checkpoint" in critical[0]["message"]
     assert "Traceback" not in result.stderr
 

@@ -5,12 +5,12 @@ ordinary requests are at the concurrency limit."""
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
-from pathlib import Path
+from contextlib import AbstractContextManager
 
 import httpx
 import pytest
 
+from tests.early_start import early_start
 from tests.service_process import ServiceProcess, service_process
 
 HEADER_TIMEOUT_S = "0.5"
@@ -18,18 +18,16 @@ BODY_TIMEOUT_S = "2"
 SOCKET_TIMEOUT_S = 20.0  # a hang fails the test instead of blocking it
 
 
-@pytest.fixture(scope="module")
-def slow_client_service(
-    tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ServiceProcess]:
-    with service_process(
-        tiny_model_path,
-        tmp_path_factory.mktemp("timeouts"),
+@early_start(scope="module")
+def slow_client_service(request: pytest.FixtureRequest) -> AbstractContextManager[ServiceProcess]:
+    return service_process(
+        request.getfixturevalue("tiny_model_path"),
+        request.getfixturevalue("tmp_path_factory").mktemp("timeouts"),
         header_timeout_s=HEADER_TIMEOUT_S,
         body_timeout_s=BODY_TIMEOUT_S,
         limit_concurrency="2",
-    ) as service:
-        yield service
+        wait=False,
+    )
 
 
 def connect(service: ServiceProcess) -> socket.socket:

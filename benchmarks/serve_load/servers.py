@@ -38,6 +38,10 @@ class Server:
     def pid(self) -> int:
         return self.process.pid
 
+    def wait_until_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
+        if not self.ready:
+            self.ready = wait_ready(self, timeout_s)
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
@@ -102,8 +106,10 @@ def running(
     port: int,
     log_path: Path | None = None,
     ready_timeout_s: float = READY_TIMEOUT_S,
+    wait: bool = True,
 ) -> Iterator[Server]:
-    """Run `argv` from the repository root, yield it once /readyz answers 200, always stop it.
+    """Run `argv` from the repository root, yield it once /readyz answers 200 (at once with
+    wait=False: the caller calls `wait_until_ready`), always stop it.
 
     Output goes to `log_path` (a temporary file when None), never to a pipe: a pipe nobody
     reads fills up and stalls the server."""
@@ -117,7 +123,8 @@ def running(
         server = Server(name, process, f"http://{LOOPBACK}:{port}", log_path)
         stack.callback(print_log_tail, server)  # callbacks run last-in first-out: after stop
         stack.callback(stop, process)
-        server.ready = wait_ready(server, ready_timeout_s)
+        if wait:
+            server.wait_until_ready(ready_timeout_s)
         yield server
 
 
@@ -149,18 +156,21 @@ def running_service(
     overrides: Mapping[str, str] | None = None,
     name: str = "service",
     log_path: Path | None = None,
+    wait: bool = True,
 ) -> Iterator[Server]:
     port = free_port()
     argv, env = service_command(model, port, overrides)
-    with running(name, argv, env, port, log_path) as server:
+    with running(name, argv, env, port, log_path, wait=wait) as server:
         yield server
 
 
 @contextlib.contextmanager
-def running_bare_app(name: str = "bare", log_path: Path | None = None) -> Iterator[Server]:
+def running_bare_app(
+    name: str = "bare", log_path: Path | None = None, wait: bool = True
+) -> Iterator[Server]:
     port = free_port()
     argv, env = bare_app_command(port)
-    with running(name, argv, env, port, log_path) as server:
+    with running(name, argv, env, port, log_path, wait=wait) as server:
         yield server
 
 
