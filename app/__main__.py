@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 
 from pydantic import ValidationError
@@ -10,17 +9,6 @@ from pydantic import ValidationError
 from app.config import Settings, describe_invalid_settings, get_settings
 from app.logs import configure_logging
 from app.metrics import prepare_multiprocess_metrics
-
-# By name: importing them would load torch before CpuExecution.tune_process has run.
-STARTUP_ERRORS = ("CheckpointError", "DeviceUnavailableError")
-
-
-class _OneLineStartupFailure(logging.Filter):
-    """Our lifespan logs the one-line reason a start-up failed; drop uvicorn's traceback of it."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        text = record.getMessage()
-        return not (text.startswith("Traceback") and any(name in text for name in STARTUP_ERRORS))
 
 
 def settings_or_exit() -> Settings:
@@ -42,8 +30,6 @@ def main() -> None:
 
     CpuExecution.tune_process()
     configure_logging(settings.log_level)
-    for name in ("uvicorn.error", "uvicorn"):
-        logging.getLogger(name).addFilter(_OneLineStartupFailure())
     prepare_multiprocess_metrics(settings.workers)
     serve(settings)
 

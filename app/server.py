@@ -66,6 +66,20 @@ class ServiceConfig(uvicorn.Config):
         """Also in each worker process (uvicorn calls this there): our JSON lines."""
         super().configure_logging()
         configure_logging(self.service_log_level)
+        for name in ("uvicorn.error", "uvicorn"):
+            logging.getLogger(name).addFilter(_OneLineStartupFailure())
+
+
+# By name: importing them would load torch before CpuExecution.tune_process has run.
+STARTUP_ERRORS = ("CheckpointError", "DeviceUnavailableError")
+
+
+class _OneLineStartupFailure(logging.Filter):
+    """Our lifespan logs the one-line reason a start-up failed; drop uvicorn's traceback of it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return not (text.startswith("Traceback") and any(name in text for name in STARTUP_ERRORS))
 
 
 class DrainingServer(uvicorn.Server):
@@ -235,6 +249,7 @@ class _Worker(Process):
 class Supervisor(Multiprocess):
     def __init__(self, config: ServiceConfig, sockets: list[socket]) -> None:
         super().__init__(config, sockets)
+        self.startup_failed = False
         # uvicorn handles queued signals between health checks, and not at all while it
         # waits for the workers to finish: a second stop signal must act at once.
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -281,6 +296,7 @@ class Supervisor(Multiprocess):
             process.join()
             if process.exitcode == STARTUP_FAILURE:
                 logger.error("worker [%s] failed to start, stopping", process.pid)
+                self.startup_failed = True
                 self.should_exit.set()
                 return
             if self.should_exit.is_set():
@@ -307,7 +323,10 @@ def serve(settings: Settings) -> None:
         service_log_level=settings.log_level,
     )
     if config.workers > 1:
-        Supervisor(config, sockets=[config.bind_socket()]).run()
+        supervisor = Supervisor(config, sockets=[config.bind_socket()])
+        supervisor.run()
+        if supervisor.startup_failed:  # as one process would: not a clean exit
+            raise SystemExit(STARTUP_FAILURE)
         return
     server = DrainingServer(config)
     with contextlib.suppress(KeyboardInterrupt):  # a SIGINT re-raised after shutting down

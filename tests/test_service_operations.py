@@ -25,6 +25,7 @@ from app.batching import DynamicBatcher, Served
 from app.jobs import Job
 from tests.conftest import PROJECT_ROOT, app_on, png_of
 from tests.early_start import early_start
+from tests.service_process import free_port
 from tests.synthetic import stroke_digits
 from vae_common.checkpoint import CheckpointError
 
@@ -114,19 +115,35 @@ class ExitedRun:
         self.stderr = self.stderr_path.read_text()
 
 
-@early_start()
-def corrupt_checkpoint_run(
-    request: pytest.FixtureRequest,
+def start_on_a_corrupt_checkpoint(
+    request: pytest.FixtureRequest, workers: int
 ) -> AbstractContextManager[ExitedRun]:
     folder: Path = request.getfixturevalue("tmp_path_factory").mktemp("corrupt")
     corrupt = folder / "model.pt"
     corrupt.write_bytes(b"\x00" * 100)
-    return _run_to_exit(corrupt, folder / "stderr.log")
+    return _run_to_exit(corrupt, workers, folder / "stderr.log")
+
+
+@early_start()
+def corrupt_checkpoint_run(request: pytest.FixtureRequest) -> AbstractContextManager[ExitedRun]:
+    return start_on_a_corrupt_checkpoint(request, workers=1)
+
+
+@early_start()
+def corrupt_checkpoint_run_two_workers(
+    request: pytest.FixtureRequest,
+) -> AbstractContextManager[ExitedRun]:
+    return start_on_a_corrupt_checkpoint(request, workers=2)
 
 
 @contextmanager
-def _run_to_exit(checkpoint: Path, stderr_path: Path) -> Iterator[ExitedRun]:
-    env = {**os.environ, "VAE_MODEL_PATH": str(checkpoint), "VAE_PORT": "8765"}
+def _run_to_exit(checkpoint: Path, workers: int, stderr_path: Path) -> Iterator[ExitedRun]:
+    env = {
+        **os.environ,
+        "VAE_MODEL_PATH": str(checkpoint),
+        "VAE_PORT": str(free_port()),
+        "VAE_WORKERS": str(workers),
+    }
     with stderr_path.open("wb") as stderr:
         process = subprocess.Popen(
             [sys.executable, "-m", "app"],
@@ -142,17 +159,35 @@ def _run_to_exit(checkpoint: Path, stderr_path: Path) -> Iterator[ExitedRun]:
         process.wait()
 
 
+def critical_lines(result: ExitedRun) -> list[str]:
+    records = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    return [r["message"] for r in records if r["level"] == "critical"]
+
+
 @pytest.mark.slow
 def test_process_exits_nonzero_with_one_clear_line_on_a_corrupt_checkpoint(
     corrupt_checkpoint_run: ExitedRun,
 ) -> None:
     result = corrupt_checkpoint_run
     assert result.process.returncode != 0
-    records = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
-    critical = [r for r in records if r["level"] == "critical"]
+    critical = critical_lines(result)
     assert len(critical) == 1
-    assert str(result.checkpoint) in critical[0]["message"]
-    assert "not a readable TorchScript checkpoint" in critical[0]["message"]
+    assert str(result.checkpoint) in critical[0]
+    assert "not a readable TorchScript checkpoint" in critical[0]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_workers_that_cannot_start_stop_the_service_with_a_nonzero_exit(
+    corrupt_checkpoint_run_two_workers: ExitedRun,
+) -> None:
+    # uvicorn's supervisor stopped with exit 0, after a traceback from every worker.
+    result = corrupt_checkpoint_run_two_workers
+    assert result.process.returncode != 0
+    critical = critical_lines(result)
+    assert 1 <= len(critical) <= 2  # one per worker that got as far as loading
+    assert all("not a readable TorchScript checkpoint" in line for line in critical)
+    assert "failed to start, stopping" in result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -324,7 +359,7 @@ def test_one_instance_gives_large_batches_every_intra_op_thread(
     make_app: Callable[..., FastAPI],
 ) -> None:
     # VAE_TORCH_THREADS=0 keeps torch's default (the default setting is 1 thread)
-    with TestClient(make_app(torch_threads=0)) as client:
+    with TestClient(make_app(torch_threads=0, model_instances=1)) as client:
         engine = client.app.state.services.engine  # type: ignore[attr-defined]
         assert engine.execution.large_batch_threads == torch.get_num_threads() == 2
 
