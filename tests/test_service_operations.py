@@ -354,6 +354,20 @@ def test_two_model_instances_run_two_batches_at_once(
     assert threads_seen == [1, 1]  # each instance computes on one thread
 
 
+def test_bf16_precision_serves_large_batches(make_app: Callable[..., FastAPI]) -> None:
+    digits = stroke_digits(64, seed=5)
+    rows = [(digit.astype(np.float32) / 255.0).ravel().tolist() for digit in digits]
+    with TestClient(make_app(precision="bf16")) as client:
+        scored = client.post("/anomaly-score", json={"pixels": rows})
+        assert scored.status_code == 200, scored.text
+        assert len(scored.json()["results"]) == 64
+        assert client.post("/sample", json={"n": 64}).headers["content-type"] == "image/png"
+        files = [
+            ("files", (f"{i}.png", png_of(digit), "image/png")) for i, digit in enumerate(digits)
+        ]
+        assert client.post("/encode", files=files).status_code == 200
+
+
 @pytest.mark.usefixtures("two_torch_threads")
 def test_one_instance_gives_large_batches_every_intra_op_thread(
     make_app: Callable[..., FastAPI],
