@@ -70,7 +70,7 @@ def test_bf16_scores_of_a_large_batch_stay_close_to_float32(tiny_model_path: Pat
     x = torch.rand(64, 1, 28, 28)
     results = {}
     for precision in ("fp32", "bf16"):
-        execution = CpuExecution(precision=precision)  # type: ignore[arg-type]
+        execution = CpuExecution(precision=precision)
         engine = load_engine(tiny_model_path, execution)
         results[precision] = engine.score(x, "neg_elbo", None)
         execution.close()

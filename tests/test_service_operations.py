@@ -358,6 +358,7 @@ def test_bf16_precision_serves_large_batches(make_app: Callable[..., FastAPI]) -
     digits = stroke_digits(64, seed=5)
     rows = [(digit.astype(np.float32) / 255.0).ravel().tolist() for digit in digits]
     with TestClient(make_app(precision="bf16")) as client:
+        assert client.get("/model").json()["precision"] == "bf16"
         scored = client.post("/anomaly-score", json={"pixels": rows})
         assert scored.status_code == 200, scored.text
         assert len(scored.json()["results"]) == 64

@@ -39,5 +39,5 @@ async def metrics(metrics: MetricsDep) -> Response:
 
 @protected_router.get("/model")
 async def model_card(services: ServicesDep) -> ModelCard:
-    """The model card: architecture, metrics, calibration, sha256, device."""
+    """The model card: architecture, metrics, calibration, sha256, device and precision."""
     return services.engine.card()
