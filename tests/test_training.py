@@ -269,6 +269,21 @@ def test_both_architectures_script_and_keep_the_contract(arch: str) -> None:
     torch.testing.assert_close(scripted.reconstruct(x), model.reconstruct(x))
 
 
+def test_channels_last_trains_the_same_model_and_exports_it_in_the_default_order(
+    fake_mnist_root: Path, tmp_path: Path
+) -> None:
+    common = {"arch": "conv", "epochs": 1, "iwae_k": 2}
+    nchw = run(tiny_config(fake_mnist_root, tmp_path / "nchw", **common))
+    nhwc = run(tiny_config(fake_mnist_root, tmp_path / "nhwc", channels_last=True, **common))
+    assert nhwc["training"]["channels_last"] is True
+    # The same arithmetic in another memory order: equal losses up to rounding.
+    for name in ("test_neg_elbo", "test_recon", "test_kl"):
+        assert nhwc["metrics"][name] == pytest.approx(nchw["metrics"][name], rel=1e-3)
+    exported = torch.jit.load(tmp_path / "nhwc" / "model.pt")
+    convolutions = [t for t in exported.state_dict().values() if t.dim() == 4]
+    assert convolutions and all(t.is_contiguous() for t in convolutions)
+
+
 def test_cuda_without_a_gpu_stops_training_with_a_clear_message(
     fake_mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

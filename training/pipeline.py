@@ -78,9 +78,13 @@ def run(config: TrainConfig) -> dict[str, Any]:
     )
     model_config = config.model_config()
     model = build_model(model_config).to(device)
+    if config.channels_last:  # before the optimiser takes the parameters
+        model = model.to(memory_format=torch.channels_last)
     progress = _train(config, model, splits, device)
     if progress.best.state is not None:
         load_vae_weights(model, progress.best.state)
+    # Exported, evaluated and served in the default order whatever it trained in.
+    model = model.to(memory_format=torch.contiguous_format)
     sidecar = _finish(config, model, model_config, splits, progress, device, started)
     _log_summary(config, sidecar, progress)
     return sidecar
