@@ -253,7 +253,7 @@ class Engine:
             "weights_sha256": metadata["weights_sha256"],
             "device": str(self.device),
             # VAE_PRECISION: "bf16" when large batches run under bfloat16 autocast.
-            "precision": getattr(self.execution, "precision", "fp32"),
+            "precision": self.execution.precision,
             "architecture": metadata["architecture"],
             "latent_dim": self.latent_dim,
             # What /sample draws from unless told, then every prior it can draw from.

@@ -46,6 +46,7 @@ class Execution:
     """The seam between the engine and a device. Methods run on the inference threads."""
 
     device: torch.device
+    precision: Precision = "fp32"  # VAE_PRECISION; only CpuExecution offers bf16
 
     def running(self, rows: int) -> AbstractContextManager[None]:
         """Context of one forward pass over `rows` (padded) rows."""
@@ -75,7 +76,7 @@ class CpuExecution(Execution):
         `precision` "bf16": batches of BF16_MIN_ROWS or more run under bfloat16 autocast;
         their outputs come back as float32."""
         self.device = torch.device("cpu")
-        self.precision = precision
+        self.precision: Precision = precision
         self._threads_before = torch.get_num_threads()  # restored by close()
         if model_instances > 1:
             torch.set_num_threads(1)

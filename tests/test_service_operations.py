@@ -159,22 +159,24 @@ def _run_to_exit(checkpoint: Path, workers: int, stderr_path: Path) -> Iterator[
         process.wait()
 
 
-def critical_lines(result: ExitedRun) -> list[str]:
+def clear_startup_failure(result: ExitedRun) -> list[str]:
+    """The critical lines of a run that stopped on a corrupt checkpoint, once checked that it
+    exited nonzero, that each says why naming the file, and that no traceback was printed."""
+    assert result.process.returncode != 0
     records = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
-    return [r["message"] for r in records if r["level"] == "critical"]
+    critical = [r["message"] for r in records if r["level"] == "critical"]
+    for line in critical:
+        assert str(result.checkpoint) in line
+        assert "not a readable TorchScript checkpoint" in line
+    assert "Traceback" not in result.stderr
+    return critical
 
 
 @pytest.mark.slow
 def test_process_exits_nonzero_with_one_clear_line_on_a_corrupt_checkpoint(
     corrupt_checkpoint_run: ExitedRun,
 ) -> None:
-    result = corrupt_checkpoint_run
-    assert result.process.returncode != 0
-    critical = critical_lines(result)
-    assert len(critical) == 1
-    assert str(result.checkpoint) in critical[0]
-    assert "not a readable TorchScript checkpoint" in critical[0]
-    assert "Traceback" not in result.stderr
+    assert len(clear_startup_failure(corrupt_checkpoint_run)) == 1
 
 
 @pytest.mark.slow
@@ -182,13 +184,9 @@ def test_workers_that_cannot_start_stop_the_service_with_a_nonzero_exit(
     corrupt_checkpoint_run_two_workers: ExitedRun,
 ) -> None:
     # uvicorn's supervisor stopped with exit 0, after a traceback from every worker.
-    result = corrupt_checkpoint_run_two_workers
-    assert result.process.returncode != 0
-    critical = critical_lines(result)
+    critical = clear_startup_failure(corrupt_checkpoint_run_two_workers)
     assert 1 <= len(critical) <= 2  # one per worker that got as far as loading
-    assert all("not a readable TorchScript checkpoint" in line for line in critical)
-    assert "failed to start, stopping" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert "failed to start, stopping" in corrupt_checkpoint_run_two_workers.stderr
 
 
 # --- API key ------------------------------------------------------------------------------
