@@ -267,7 +267,7 @@ def _test_metrics(
     weights, because the k=1000 IWAE estimate takes minutes and re-exporting a finished run
     (e.g. to refit the orientation head) does not change it."""
     vae_hash = _vae_weights_hash(model)
-    iwae_images = _iwae_subset(splits.test, config.iwae_images, config.seed)
+    iwae_images = iwae_subset(splits.test, config.iwae_images, config.seed)
     cache = config.out / TEST_METRICS_FILE
     if cache.exists():
         cached = json.loads(cache.read_text())
@@ -308,7 +308,7 @@ def _test_metrics(
     return metrics
 
 
-def _iwae_subset(test: torch.Tensor, count: int | None, seed: int) -> torch.Tensor:
+def iwae_subset(test: torch.Tensor, count: int | None, seed: int) -> torch.Tensor:
     """The test images the IWAE estimate runs on: all of them, or a fixed random subset."""
     if count is None or count >= len(test):
         return test
