@@ -24,6 +24,11 @@ from app.imaging import pixels_to_tensor
 from vae_common.scoring import PIXELS_PATH, SCORES
 
 Outputs = tuple[np.ndarray, ...]
+# What an overflowed score reads as. An input far outside the training data can drive the
+# encoder's log-variance past float32's exp range (model v2 on a blank image: 118, so the KL
+# is infinite), and JSON has no infinity: orjson would write null, which the reply schema
+# does not allow. The largest float32 is beyond every threshold and at percentile 100.
+SCORE_OVERFLOW = float(np.finfo(np.float32).max)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,9 +99,22 @@ class ScoreJob(Job):
         # refit calibration): it then scores the way it scores everything.
         path = self.calibration if self.calibration in engine.paths else PIXELS_PATH
         result = engine.score(pixels_to_tensor(inputs), self.score, self.k, path)
-        scores = result.score.numpy()
+        scores, recon, kl = (
+            finite(terms.numpy()) for terms in (result.score, result.reconstruction_loss, result.kl)
+        )
         percentiles = engine.percentiles(self.score, scores.astype(np.float64), path)
-        return scores, result.reconstruction_loss.numpy(), result.kl.numpy(), percentiles
+        return scores, recon, kl, percentiles
+
+
+def finite(values: np.ndarray) -> np.ndarray:
+    """Scores and loss terms with overflow (+inf, and NaN, which only overflow produces
+    here, e.g. inf - inf) read as SCORE_OVERFLOW: flagged, never a null in the reply."""
+    if np.isfinite(values).all():
+        return values
+    cleaned: np.ndarray = np.nan_to_num(
+        values, nan=SCORE_OVERFLOW, posinf=SCORE_OVERFLOW, neginf=-SCORE_OVERFLOW
+    )
+    return cleaned
 
 
 @dataclass(frozen=True, slots=True)

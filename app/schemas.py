@@ -151,7 +151,10 @@ class AnomalyJsonBody(BaseModel):
 
 class ImageScore(BaseModel):
     index: int = Field(description="position of the image in the request")
-    score: float
+    score: float = Field(
+        description="nats, higher is more anomalous; an input the model overflows on (model "
+        "v2: a blank image) reads as 3.4028235e38, the largest float32, and is flagged"
+    )
     reconstruction_loss: float = Field(description="-log p(x | z = mu(x)) in nats")
     kl: float = Field(description="KL(q(z|x) || p(z)) in nats")
     percentile: float = Field(

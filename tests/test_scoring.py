@@ -14,7 +14,8 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from app.engine import batch_buckets, load_engine, padded_batch_size
-from app.schemas import ScoreName
+from app.jobs import SCORE_OVERFLOW, finite
+from app.schemas import AnomalyResponse, ScoreName
 from tests.conftest import SHIPPED_MODEL
 from vae_common.scoring import (
     SCORE_DEFINITIONS,
@@ -163,6 +164,27 @@ def test_real_digits_score_lower_than_noise_and_blank(
     assert odd_scores.min() > np.percentile(digit_scores, 99)
     assert flagged[100:].all()
     assert flagged[:100].mean() <= 0.05  # calibrated for 1%; 100 digits leave room for chance
+
+
+def test_overflowed_scores_read_as_the_largest_float32_and_finite_ones_pass_unchanged() -> None:
+    values = np.array([1.5, np.inf, np.nan, -np.inf], dtype=np.float32)
+    assert finite(values).tolist() == [1.5, SCORE_OVERFLOW, SCORE_OVERFLOW, -SCORE_OVERFLOW]
+    ordinary = np.array([0.25, 7.0], dtype=np.float32)
+    assert finite(ordinary) is ordinary
+
+
+@pytest.mark.shipped
+def test_a_blank_image_overflowing_the_model_is_flagged_with_a_finite_score(
+    shipped_client: httpx.Client,
+) -> None:
+    """Model v2 encodes an all-black image with a log-variance of ~118, so its KL is
+    infinite in float32; the reply must still be valid JSON of the documented schema."""
+    response = shipped_client.post("/anomaly-score", json={"pixels": [[0.0] * 784]})
+    assert response.status_code == 200
+    reply = AnomalyResponse.model_validate(response.json())
+    (result,) = reply.results
+    assert result.score == result.kl == SCORE_OVERFLOW
+    assert result.is_anomaly and result.percentile == 100.0
 
 
 @pytest.mark.shipped
