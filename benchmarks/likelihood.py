@@ -1,8 +1,8 @@
 """Test-set likelihood of published checkpoints, side by side: negative ELBO (one posterior
 sample per image) and the IWAE estimate of -log p(x) (Burda et al. 2016), in nats per image.
 
-The same definitions and code as `vae-train`'s test metrics (training.train.evaluate and
-iwae_nll, the same seed), run on the exported TorchScript module, so a checkpoint's figures
+The same definitions and code as `vae-train`'s test metrics (training.pipeline.likelihood_bounds,
+the same seed), run on the exported TorchScript module, so a checkpoint's figures
 can be re-checked, or extended from the training run's fixed subset to the whole test set:
 
     python -m benchmarks.likelihood --data-root ../shared/data \
@@ -15,7 +15,6 @@ k=1000 decodes 1,000 latents per image: for model v2 on a 2-core CPU about 6 min
 from __future__ import annotations
 
 import argparse
-import copy
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +24,9 @@ import torch
 
 from app.config import DEFAULT_MODEL_PATH
 from training.config import FULL_IWAE_K
-from training.data import iterate_batches, read_mnist_images
+from training.data import read_mnist_images
 from training.model import VAE
-from training.pipeline import iwae_subset, seed_everything
-from training.train import evaluate, iwae_nll
+from training.pipeline import iwae_subset, likelihood_bounds
 from vae_common.checkpoint import load_checkpoint
 
 CPU = torch.device("cpu")
@@ -39,7 +37,7 @@ class Likelihood:
     model_id: str
     neg_elbo: float
     iwae_nll: float
-    iwae_seconds: float
+    seconds: float  # both bounds
 
 
 def measure(
@@ -50,12 +48,8 @@ def measure(
     # The scripted module exports forward() and importance_terms() with the training VAE's
     # signatures, which is all evaluate() and iwae_nll() call.
     model = cast(VAE, checkpoint.module)
-    seed_everything(seed)
-    elbo = evaluate(model, iterate_batches(test, 1024, CPU))
-    # channels_last: the same float32 arithmetic, faster in oneDNN (as vae-train runs it).
-    evaluated = copy.deepcopy(model).to(memory_format=torch.channels_last)
     started = time.perf_counter()
-    iwae = iwae_nll(evaluated, iwae_images, k, CPU, torch.Generator().manual_seed(seed))
+    elbo, iwae = likelihood_bounds(model, test, iwae_images, k, seed, CPU)
     return Likelihood(checkpoint.model_id, elbo.loss, iwae, time.perf_counter() - started)
 
 
@@ -79,13 +73,13 @@ def main() -> None:
         f"MNIST test: -ELBO on all {len(test)} images, IWAE (k={args.k}) on "
         f"{len(iwae_images)}{subset}; nats per image, {args.threads} torch threads.\n"
     )
-    print("| checkpoint | test -ELBO | IWAE NLL | IWAE seconds |")
+    print("| checkpoint | test -ELBO | IWAE NLL | seconds |")
     print("|---|--:|--:|--:|")
     for path in args.models:
         row = measure(path, test, iwae_images, args.k, args.seed)
         print(
             f"| `{path}` ({row.model_id}) | {row.neg_elbo:.3f} | {row.iwae_nll:.3f} "
-            f"| {row.iwae_seconds:.0f} |",
+            f"| {row.seconds:.0f} |",
             flush=True,
         )
 

@@ -35,7 +35,14 @@ from training.state import (
     save_state,
     start_or_resume,
 )
-from training.train import active_units, evaluate, iwae_nll, timed, train_one_epoch
+from training.train import (
+    LossTerms,
+    active_units,
+    evaluate,
+    iwae_nll,
+    timed,
+    train_one_epoch,
+)
 from vae_common.checkpoint import state_dict_sha256
 from vae_common.devices import DeviceUnavailableError, resolve_device
 from vae_common.pixels import PixelSpec, to_unit_interval
@@ -278,16 +285,11 @@ def _test_metrics(
         ):
             logger.info("reusing test metrics from %s", cache)
             return {key: value for key, value in cached.items() if key != "vae_weights_sha256"}
-    seed_everything(config.seed)
     test_images = splits.test.to(device)
-    test_terms = evaluate(model, iterate_batches(test_images, 1024, device))
-    logger.info("test negative ELBO %.2f", test_terms.loss)
-    iwae_generator = torch.Generator().manual_seed(config.seed)
     iwae_started = time.perf_counter()
-    # channels_last: the same float32 arithmetic in another memory order, which oneDNN's
-    # convolutions run ~1.5x faster on CPU (model v2's decoder: 0.79 -> 0.52 ms per latent).
-    evaluated = copy.deepcopy(model).to(memory_format=torch.channels_last)
-    iwae = iwae_nll(evaluated, iwae_images.to(device), config.iwae_k, device, iwae_generator)
+    test_terms, iwae = likelihood_bounds(
+        model, test_images, iwae_images.to(device), config.iwae_k, config.seed, device
+    )
     logger.info(
         "test IWAE NLL %.2f (k=%d, %d images) in %.1f s",
         iwae,
@@ -306,6 +308,26 @@ def _test_metrics(
     }
     cache.write_text(json.dumps({**metrics, "vae_weights_sha256": vae_hash}, indent=2))
     return metrics
+
+
+def likelihood_bounds(
+    model: VAE,
+    test: torch.Tensor,
+    iwae_images: torch.Tensor,
+    k: int,
+    seed: int,
+    device: torch.device,
+) -> tuple[LossTerms, float]:
+    """The published test figures of a model (vae-train's, and benchmarks/likelihood's for an
+    exported one): -ELBO with one draw per image from the global generator seeded with
+    `seed`, then the k-sample IWAE estimate on `iwae_images` from a generator of its own."""
+    seed_everything(seed)
+    terms = evaluate(model, iterate_batches(test, 1024, device))
+    logger.info("test negative ELBO %.2f", terms.loss)
+    # channels_last: the same float32 arithmetic in another memory order, which oneDNN's
+    # convolutions run ~1.5x faster on CPU (model v2's decoder: 0.79 -> 0.52 ms per latent).
+    evaluated = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    return terms, iwae_nll(evaluated, iwae_images, k, device, torch.Generator().manual_seed(seed))
 
 
 def iwae_subset(test: torch.Tensor, count: int | None, seed: int) -> torch.Tensor:
