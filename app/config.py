@@ -95,6 +95,14 @@ class Settings(BaseSettings):
         description="bf16: batches of 32+ images run under bfloat16 autocast on the CPU (faster "
         "on CPUs with AMX/AVX-512 BF16; scores within ~0.1 of fp32)",
     )
+    # On: the same float32 results, forward passes 3-20% faster on this CPU (more under bf16;
+    # app.execution.CpuExecution.prepare). Off is for CPUs where oneDNN's NHWC kernels turn
+    # out slower (benchmarks/cpu_layout.py compares both).
+    channels_last: bool = Field(
+        True,
+        description="CPU: convolution weights in channels_last (NHWC) memory order; same "
+        "results, faster batches with oneDNN",
+    )
     workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes")
     threadpool_size: int = Field(
         8, ge=1, le=256, description="threads decoding uploads and encoding PNGs"

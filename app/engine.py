@@ -254,6 +254,8 @@ class Engine:
             "device": str(self.device),
             # VAE_PRECISION: "bf16" when large batches run under bfloat16 autocast.
             "precision": self.execution.precision,
+            # VAE_CHANNELS_LAST: convolution weights in NHWC order (CPU).
+            "channels_last": self.execution.channels_last,
             "architecture": metadata["architecture"],
             "latent_dim": self.latent_dim,
             # What /sample draws from unless told, then every prior it can draw from.
@@ -365,6 +367,7 @@ def load_engine(
     started = time.perf_counter()
     execution = execution or CpuExecution()
     checkpoint = load_checkpoint(model_path, execution.device)
+    execution.prepare(checkpoint.module)
     calibration = checkpoint.metadata.get("calibration", {})
     unavailable = _unavailable_scores(calibration)
     if unavailable:

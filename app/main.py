@@ -55,7 +55,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
     execution: Execution | None = None
     try:
         execution = choose_execution(
-            settings.device, settings.torch_threads, settings.model_instances, settings.precision
+            settings.device,
+            settings.torch_threads,
+            settings.model_instances,
+            settings.precision,
+            settings.channels_last,
         )
         engine = await run_in_threadpool(
             load_engine, settings.model_path, execution, settings.batch_max_size

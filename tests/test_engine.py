@@ -81,6 +81,34 @@ def test_bf16_scores_of_a_large_batch_stay_close_to_float32(tiny_model_path: Pat
     torch.testing.assert_close(bf16.score, fp32.score, rtol=1e-2, atol=0.5)
 
 
+def test_channels_last_changes_the_memory_order_of_convolutions_only() -> None:
+    # The shipped model: convolutions are what channels_last is for (the tiny model is an MLP).
+    from tests.conftest import SHIPPED_MODEL
+    from vae_common.checkpoint import weights_sha256
+
+    x = torch.rand(16, 1, 28, 28)
+    engines = {}
+    for channels_last in (False, True):
+        execution = CpuExecution(torch_threads=1, channels_last=channels_last)
+        engines[channels_last] = load_engine(SHIPPED_MODEL, execution, warm_up_rows=16)
+        execution.close()
+    nhwc, nchw = engines[True], engines[False]
+    weights = {name: p for name, p in nhwc.checkpoint.module.named_parameters() if p.dim() == 4}
+    assert weights and all(
+        p.is_contiguous(memory_format=torch.channels_last) for p in weights.values()
+    )
+    # With one input channel both orders are the same bytes; every other one really moved.
+    assert all(not p.is_contiguous() for p in weights.values() if p.shape[1] > 1)
+    assert all(p.is_contiguous() for p in nchw.checkpoint.module.parameters())
+    # Same weights (the hash reads contiguous copies), same results to float32 rounding.
+    assert weights_sha256(nhwc.checkpoint.module) == nchw.checkpoint.metadata["weights_sha256"]
+    torch.testing.assert_close(
+        nhwc.score(x, nhwc.default_score, None).score, nchw.score(x, nchw.default_score, None).score
+    )
+    torch.testing.assert_close(nhwc.sample(16, 1.0, 3), nchw.sample(16, 1.0, 3))
+    assert (nhwc.card()["channels_last"], nchw.card()["channels_last"]) == (True, False)
+
+
 @pytest.mark.usefixtures("two_torch_threads")
 def test_several_model_instances_compute_on_one_thread_each() -> None:
     before = torch.get_num_threads()
