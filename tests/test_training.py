@@ -24,7 +24,7 @@ from training.export import export_checkpoint
 from training.model import ModelConfig, bernoulli_nll, build_model, gaussian_kl
 from training.pipeline import run
 from training.state import STATE_FILE
-from training.train import kl_weight
+from training.train import kl_weight, train_one_epoch
 from vae_common.checkpoint import load_checkpoint, weights_sha256
 
 RUN_FILES = (
@@ -282,6 +282,54 @@ def test_channels_last_trains_the_same_model_and_exports_it_in_the_default_order
     exported = torch.jit.load(tmp_path / "nhwc" / "model.pt")
     convolutions = [t for t in exported.state_dict().values() if t.dim() == 4]
     assert convolutions and all(t.is_contiguous() for t in convolutions)
+
+
+class _RecordingVAE(torch.nn.Module):
+    """Records what the encoder is given and decodes to logits of the clean batch it was
+    told about, so that the reconstruction loss shows which target it was scored against."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(()))
+        self.encoded: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        self.encoded.append(x.detach().clone())
+        mu = torch.zeros(len(x), 2) * self.scale
+        return torch.logit(self.clean.clamp(1e-3, 1 - 1e-3)) * self.scale, mu, mu
+
+    clean: torch.Tensor
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.3])
+def test_encoder_noise_perturbs_only_the_encoders_input(noise: float) -> None:
+    torch.manual_seed(0)
+    clean = torch.rand(64, 1, 28, 28)
+    model = _RecordingVAE()
+    model.clean = clean
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    terms, _ = train_one_epoch(
+        model,  # type: ignore[arg-type]
+        [clean],
+        optimizer,
+        scheduler,
+        first_step=0,
+        warmup_steps=0,
+        beta=1.0,
+        encoder_noise=noise,
+    )
+    difference = model.encoded[0] - clean
+    assert float(difference.std()) == pytest.approx(noise, abs=0.01)
+    # The loss is scored against the clean batch: logits of the clean pixels reproduce it.
+    with torch.no_grad():
+        expected = float(bernoulli_nll(model(clean)[0], clean).mean())
+    assert terms.recon == pytest.approx(expected)
+
+
+def test_encoder_noise_flag_reaches_the_recorded_config() -> None:
+    assert parse_args(["--encoder-noise", "0.1"]).encoder_noise == 0.1
+    assert parse_args([]).encoder_noise == 0.0
 
 
 def test_cuda_without_a_gpu_stops_training_with_a_clear_message(

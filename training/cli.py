@@ -150,6 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
         "bf16 an epoch took 12.4 against 14.6 CPU s here (benchmarks/train_precision.py)",
     )
     parser.add_argument(
+        "--encoder-noise",
+        type=NON_NEGATIVE_FLOAT,
+        default=defaults.encoder_noise,
+        help="train a denoising encoder: Gaussian noise of this standard deviation added to "
+        "its input (pixels in [0, 1]) while the decoder reconstructs the clean digit; "
+        "regularises against overfitting; 0: none",
+    )
+    parser.add_argument(
         "--threads", type=POSITIVE_INT, default=None, help="torch CPU threads; default: torch's"
     )
     return parser

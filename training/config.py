@@ -42,6 +42,11 @@ class TrainConfig:
     # Convolution weights and activations in NHWC order while training (exported back in the
     # default order): the same arithmetic, which oneDNN runs faster with bf16.
     channels_last: bool = False
+    # Standard deviation of Gaussian noise added to the encoder's input while training (the
+    # decoder still reconstructs the clean digit): a denoising encoder, which regularises the
+    # amortised posterior and through it the decoder (Shu et al. 2018, "Amortized Inference
+    # Regularization"). 0: none. Evaluation and serving always encode the clean image.
+    encoder_noise: float = 0.0
     # None: the whole test split. A k=1000 estimate decodes 1,000 latents per image, which
     # for model v2 on a 2-core CPU is ~10 minutes per 1,000 images.
     iwae_images: int | None = None

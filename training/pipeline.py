@@ -128,6 +128,7 @@ def _train(
             warmup_steps,
             config.beta,
             config.precision,
+            config.encoder_noise,
         )
         val_terms = (
             evaluate(model, iterate_batches(val_images, 1024, device))
