@@ -246,6 +246,10 @@ class _Worker(Process):
         return self._server
 
 
+# How long a worker that stopped answering health checks gets to exit on its own.
+EXIT_GRACE_S = 5.0
+
+
 class Supervisor(Multiprocess):
     def __init__(self, config: ServiceConfig, sockets: list[socket]) -> None:
         super().__init__(config, sockets)
@@ -292,6 +296,10 @@ class Supervisor(Multiprocess):
         for index, process in enumerate(self.processes):
             if process.is_alive(timeout=self.config.timeout_worker_healthcheck):
                 continue
+            # A worker that stops answering may be on its way out after a failed start-up
+            # (its pipe closes before it exits): killed at once, it would read as a crash and
+            # be replaced, and the replacement would fail the same way.
+            process.process.join(EXIT_GRACE_S)
             process.kill()
             process.join()
             if process.exitcode == STARTUP_FAILURE:

@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import httpx
 import pytest
@@ -251,3 +253,62 @@ def _all_new(load: Load, old_id: str) -> bool:
 
 def _new_id(load: Load, old_id: str) -> str:
     return next(model_id for model_id in reversed(load.model_ids) if model_id != old_id)
+
+
+# --- the supervisor's health checks, with fake worker processes ----------------------------
+
+
+class _FakeWorker:
+    """A worker whose health check fails (its pipe is closed); `exits_with` is the exit code
+    it reaches on its own while the supervisor waits for it, None when it hangs."""
+
+    def __init__(self, exits_with: int | None) -> None:
+        self.exits_with = exits_with
+        self.exitcode: int | None = None
+        self.pid = 4242
+        self.killed_while_running = False
+        self.process = self  # uvicorn's Process wraps a multiprocessing one: join(timeout)
+
+    def is_alive(self, timeout: float) -> bool:
+        return False
+
+    def join(self, timeout: float | None = None) -> None:
+        if self.exitcode is None and self.exits_with is not None:
+            self.exitcode = self.exits_with
+
+    def kill(self) -> None:
+        if self.exitcode is None:
+            self.killed_while_running = True
+            self.exitcode = -signal.SIGKILL
+
+
+def _supervising(worker: _FakeWorker) -> tuple[Any, list[object]]:
+    from app.server import Supervisor
+
+    supervisor = Supervisor.__new__(Supervisor)  # no sockets, signals or logging set-up
+    replacements: list[object] = []
+    supervisor.should_exit = threading.Event()
+    supervisor.config = SimpleNamespace(timeout_worker_healthcheck=0.01)  # type: ignore[assignment]
+    supervisor.processes = [worker]  # type: ignore[list-item]
+    supervisor.startup_failed = False
+    supervisor._new_worker = lambda: replacements.append(object()) or replacements[-1]  # type: ignore[method-assign]
+    supervisor.keep_subprocess_alive()
+    return supervisor, replacements
+
+
+def test_a_worker_exiting_after_a_failed_start_stops_the_service_instead_of_a_restart() -> None:
+    from uvicorn.config import STARTUP_FAILURE
+
+    worker = _FakeWorker(exits_with=STARTUP_FAILURE)
+    supervisor, replacements = _supervising(worker)
+    assert not worker.killed_while_running  # it was given the time to exit with its own code
+    assert supervisor.startup_failed and supervisor.should_exit.is_set()
+    assert replacements == []
+
+
+def test_a_hung_worker_is_killed_and_replaced() -> None:
+    worker = _FakeWorker(exits_with=None)
+    supervisor, replacements = _supervising(worker)
+    assert worker.killed_while_running
+    assert not supervisor.startup_failed and not supervisor.should_exit.is_set()
+    assert supervisor.processes == replacements and len(replacements) == 1
