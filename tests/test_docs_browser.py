@@ -37,10 +37,14 @@ def try_sample(page: Page) -> str:
     from playwright.sync_api import expect
 
     operation = page.locator(GUARDED_OPERATION)
-    if not operation.locator(".try-out__btn").is_visible():
+    try_out = operation.locator(".try-out__btn")
+    if not try_out.is_visible():
         operation.locator(".opblock-summary").click()
-    if operation.locator(".try-out__btn", has_text="Try it out").is_visible():
-        operation.locator(".try-out__btn").click()
+    # Wait for the expanded operation before reading the button: on a busy machine Swagger UI
+    # renders it after the click returns, and a check made too early skipped "Try it out".
+    expect(try_out).to_be_visible()
+    if "Try it out" in try_out.inner_text():  # after a first try it reads "Cancel"
+        try_out.click()
     operation.locator(".execute").click()
     status = operation.locator(".live-responses-table tbody .response-col_status").first
     expect(status).to_have_text(re.compile(r"^(200|401)\b"))
