@@ -332,6 +332,16 @@ def test_encoder_noise_flag_reaches_the_recorded_config() -> None:
     assert parse_args([]).encoder_noise == 0.0
 
 
+def test_weight_decay_changes_the_weights_and_is_recorded(
+    tiny_run: Path, fake_mnist_root: Path, tmp_path: Path
+) -> None:
+    assert parse_args(["--weight-decay", "0.05"]).weight_decay == 0.05
+    plain = json.loads((tiny_run / "model.json").read_text())  # the same config without it
+    decayed = run(tiny_config(fake_mnist_root, tmp_path / "wd", weight_decay=0.5))
+    assert decayed["training"]["weight_decay"] == 0.5
+    assert decayed["weights_sha256"] != plain["weights_sha256"]
+
+
 def test_cuda_without_a_gpu_stops_training_with_a_clear_message(
     fake_mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

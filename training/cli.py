@@ -158,6 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
         "regularises against overfitting; 0: none",
     )
     parser.add_argument(
+        "--weight-decay",
+        type=NON_NEGATIVE_FLOAT,
+        default=defaults.weight_decay,
+        help="decoupled weight decay (AdamW) against overfitting; 0: plain Adam",
+    )
+    parser.add_argument(
         "--threads", type=POSITIVE_INT, default=None, help="torch CPU threads; default: torch's"
     )
     return parser

@@ -47,6 +47,9 @@ class TrainConfig:
     # amortised posterior and through it the decoder (Shu et al. 2018, "Amortized Inference
     # Regularization"). 0: none. Evaluation and serving always encode the clean image.
     encoder_noise: float = 0.0
+    # Decoupled weight decay (AdamW, Loshchilov & Hutter 2019) against overfitting; 0: plain
+    # Adam. Model v2's recipe with 0.05: test -ELBO 89.58 against 89.89 (docs/model.md).
+    weight_decay: float = 0.0
     # None: the whole test split. A k=1000 estimate decodes 1,000 latents per image, which
     # for model v2 on a 2-core CPU is ~10 minutes per 1,000 images.
     iwae_images: int | None = None

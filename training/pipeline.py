@@ -104,7 +104,11 @@ def _train(
     steps_per_epoch = batch_count(train_images, config.batch_size)
     # The orientation head is fitted after training (training/orientation.py), not here.
     vae_parameters = [*model.encoder.parameters(), *model.decoder.parameters()]
-    optimizer = torch.optim.Adam(vae_parameters, lr=config.lr)
+    optimizer: torch.optim.Optimizer = (
+        torch.optim.AdamW(vae_parameters, lr=config.lr, weight_decay=config.weight_decay)
+        if config.weight_decay > 0
+        else torch.optim.Adam(vae_parameters, lr=config.lr)
+    )
     scheduler = _lr_scheduler(optimizer, config.lr_schedule, config.epochs * steps_per_epoch)
     config.out.mkdir(parents=True, exist_ok=True)
     progress = start_or_resume(config.out, config.resume, model, optimizer, scheduler)
