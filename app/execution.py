@@ -105,10 +105,7 @@ class CpuExecution(Execution):
         contiguous copies)."""
         if not self.channels_last:
             return
-        with torch.no_grad():
-            for parameter in module.parameters():
-                if parameter.dim() == 4:
-                    parameter.data = parameter.data.contiguous(memory_format=torch.channels_last)
+        module.to(memory_format=torch.channels_last)  # nn.Module.to: 4-D tensors only
 
     def running(self, rows: int) -> AbstractContextManager[None]:
         return self._batch(rows)

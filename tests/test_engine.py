@@ -20,6 +20,8 @@ from app.engine import Engine, batch_buckets, load_engine
 from app.errors import InvalidInputError
 from app.execution import CpuExecution, CudaExecution, choose_execution
 from app.jobs import ReconstructJob, SampleJob, ScoreJob
+from tests.conftest import SHIPPED_MODEL
+from vae_common.checkpoint import weights_sha256
 from vae_common.scoring import SCORES
 
 
@@ -83,9 +85,6 @@ def test_bf16_scores_of_a_large_batch_stay_close_to_float32(tiny_model_path: Pat
 
 def test_channels_last_changes_the_memory_order_of_convolutions_only() -> None:
     # The shipped model: convolutions are what channels_last is for (the tiny model is an MLP).
-    from tests.conftest import SHIPPED_MODEL
-    from vae_common.checkpoint import weights_sha256
-
     x = torch.rand(16, 1, 28, 28)
     engines = {}
     for channels_last in (False, True):
