@@ -30,3 +30,5 @@ def test_the_exported_module_gives_the_test_figures_the_training_run_recorded(
     assert row.neg_elbo == pytest.approx(metrics["test_neg_elbo"], abs=2e-3)
     assert row.iwae_nll == pytest.approx(metrics["test_iwae_nll"], abs=2e-3)
     assert row.iwae_nll < row.neg_elbo  # the IWAE bound is the tighter one
+    assert row.fitted_iwae_nll == pytest.approx(metrics["test_iwae_nll_fitted_prior"], abs=2e-3)
+    assert row.fitted_neg_elbo == pytest.approx(metrics["test_neg_elbo_fitted_prior"], abs=2e-3)

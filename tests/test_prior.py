@@ -29,9 +29,12 @@ from training.prior import (
     affordable_components,
     fit_gaussian_mixture,
     kmeans_plus_plus,
+    posterior_draws,
 )
 from vae_common.checkpoint import load_checkpoint
 from vae_common.pixels import to_unit_interval
+
+CPU = torch.device("cpu")
 
 # Three well-separated 3-D Gaussians with correlated, unequal covariances.
 WEIGHTS = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
@@ -148,6 +151,35 @@ def test_unfitted_prior_latents_are_the_standard_draws_times_temperature() -> No
     torch.testing.assert_close(module.prior_latents(torch.rand(5), eps, 0.7), 0.7 * eps)
 
 
+def test_exported_prior_log_density_is_the_mixture_density() -> None:
+    module = scripted_with_mixture(GaussianMixture(WEIGHTS.log(), MEANS, SCALE_TRIL))
+    points, _ = synthetic_points(200, seed=8)
+    reference = GaussianMixture(WEIGHTS.log(), MEANS, SCALE_TRIL).log_likelihood(points)
+    density = module.prior.log_density(points.float())
+    torch.testing.assert_close(density.double(), reference, atol=1e-4, rtol=1e-5)
+
+
+def test_unfitted_prior_log_density_is_the_standard_normal() -> None:
+    module = script_model(build_model(ModelConfig(arch="mlp", latent_dim=3, hidden_dim=8)))
+    z = torch.randn(7, 3)
+    expected = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(1)
+    torch.testing.assert_close(module.prior.log_density(z), expected)
+
+
+def test_importance_weights_differ_from_the_standard_ones_by_the_prior_ratio() -> None:
+    module = scripted_with_mixture(GaussianMixture(WEIGHTS.log(), MEANS, SCALE_TRIL))
+    x = torch.rand(4, 1, 28, 28)
+    eps = torch.randn(6, 3)
+    standard, fitted = module.importance_weights(x, eps)
+    _, expected_standard, _ = module.importance_terms(x, eps)
+    torch.testing.assert_close(standard, expected_standard)
+    mu, logvar = module.encode(x)
+    z = mu.unsqueeze(1) + torch.exp(0.5 * logvar).unsqueeze(1) * eps  # (4, 6, 3)
+    normal = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(2)
+    mixture = module.prior.log_density(z.reshape(-1, 3)).view(4, 6)
+    torch.testing.assert_close(fitted - standard, mixture - normal, atol=1e-4, rtol=1e-5)
+
+
 # --- the tiny checkpoint and the service -------------------------------------------------------
 
 
@@ -159,7 +191,10 @@ def engine(tiny_model_path: Path) -> Engine:
 def test_the_pipeline_fits_and_exports_the_prior_it_records(engine: Engine) -> None:
     fit = engine.checkpoint.metadata["prior"]
     assert fit["kind"] == "gaussian_mixture" and fit["chosen_on"] == "validation split"
-    assert fit["components"] in (10, 25) and set(fit["candidates"]) == {"10", "25"}
+    draws = PriorConfig().posterior_draws * engine.checkpoint.metadata["dataset"]["train_images"]
+    affordable = affordable_components(PriorConfig().components, draws, engine.latent_dim)
+    assert set(fit["candidates"]) == {str(k) for k in affordable} and len(affordable) > 1
+    assert fit["components"] in affordable
     best = max(fit["candidates"].values(), key=lambda row: row["val_log_likelihood"])
     assert fit["val_log_likelihood"] == best["val_log_likelihood"]
     prior = engine.checkpoint.module.prior
@@ -168,15 +203,32 @@ def test_the_pipeline_fits_and_exports_the_prior_it_records(engine: Engine) -> N
     assert engine.default_prior == "fitted" and set(engine.priors) == {"fitted", "standard"}
 
 
-def test_the_prior_is_fitted_to_the_training_posterior_means(
+def test_the_prior_is_fitted_to_posterior_draws_of_the_training_digits(
     engine: Engine, fake_mnist_root: Path
 ) -> None:
-    # EM's mixture mean, sum_k w_k m_k, is the mean of the points it was fitted to.
+    # EM's mixture mean, sum_k w_k m_k, is the mean of the points it was fitted to: the
+    # seeded posterior draws, not the posterior means.
     train = load_mnist(fake_mnist_root, val_size=64).train
-    codes, _ = engine.checkpoint.module.encode(to_unit_interval(train))
-    prior = engine.checkpoint.module.prior
+    module = engine.checkpoint.module
+    seed = engine.checkpoint.metadata["training"]["seed"]
+    draws = PriorConfig().posterior_draws
+    points = posterior_draws(module, train, CPU, draws, torch.Generator().manual_seed(seed))
+    prior = module.prior
     mixture_mean = torch.softmax(prior.log_weights, 0) @ prior.means
-    torch.testing.assert_close(mixture_mean, codes.mean(0), atol=1e-4, rtol=0)
+    torch.testing.assert_close(mixture_mean, points.mean(0), atol=1e-4, rtol=0)
+    codes, _ = module.encode(to_unit_interval(train))
+    assert not torch.allclose(mixture_mean, codes.mean(0), atol=1e-4, rtol=0)
+    assert "posterior draws" in engine.checkpoint.metadata["prior"]["fitted_on"]
+
+
+def test_the_run_records_its_likelihood_under_the_fitted_prior(engine: Engine) -> None:
+    metrics = engine.checkpoint.metadata["metrics"]
+    fitted_iwae, fitted_elbo = (
+        metrics["test_iwae_nll_fitted_prior"],
+        metrics["test_neg_elbo_fitted_prior"],
+    )
+    assert fitted_iwae <= fitted_elbo  # the IWAE bound is the tighter one, as under N(0, I)
+    assert fitted_iwae != metrics["test_iwae_nll"]
 
 
 def test_the_run_draws_both_sample_grids(tiny_run: Path) -> None:

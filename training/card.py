@@ -16,6 +16,7 @@ def render_card(sidecar: dict[str, Any]) -> str:
             f"{metrics.get('iwae_images', data['test_images'])} test images)",
             metrics["test_iwae_nll"],
         ),
+        *_fitted_prior_rows(metrics, data),
         ("test reconstruction / KL", f"{metrics['test_recon']} / {metrics['test_kl']}"),
         ("active latent units", f"{metrics['active_units']} of {arch['latent_dim']}"),
         (
@@ -58,6 +59,22 @@ def render_card(sidecar: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _fitted_prior_rows(metrics: dict[str, Any], data: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The likelihood under the fitted prior, for checkpoints that measured it."""
+    if metrics.get("test_iwae_nll_fitted_prior") is None:
+        return []
+    images = (
+        f"k = {metrics['iwae_k']}, {metrics.get('iwae_images', data['test_images'])} test images"
+    )
+    return [
+        (f"test IWAE NLL, fitted prior ({images})", metrics["test_iwae_nll_fitted_prior"]),
+        (
+            "test negative ELBO, fitted prior (mean log weight of the same draws)",
+            metrics["test_neg_elbo_fitted_prior"],
+        ),
+    ]
+
+
 def _prior_lines(prior: dict[str, Any] | None) -> list[str]:
     if prior is None:
         return []
@@ -68,7 +85,9 @@ def _prior_lines(prior: dict[str, Any] | None) -> list[str]:
         f"Samples (`/sample`, `samples.png`) come from a {prior['components']}-component "
         f"full-covariance Gaussian mixture fitted to the {prior['fitted_on']}, chosen on the "
         f"{prior['chosen_on']} by log-likelihood per latent ({candidates}); "
-        "`samples_standard.png` decodes N(0, I) draws instead.",
+        "`samples_standard.png` decodes N(0, I) draws instead. The likelihood rows marked "
+        "'fitted prior' score the decoder with this mixture as its prior; the others with "
+        "N(0, I), the prior it was trained with.",
         "",
     ]
 

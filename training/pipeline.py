@@ -36,10 +36,11 @@ from training.state import (
     start_or_resume,
 )
 from training.train import (
+    ImportanceEstimates,
     LossTerms,
     active_units,
     evaluate,
-    iwae_nll,
+    importance_estimates,
     timed,
     train_one_epoch,
 )
@@ -176,20 +177,19 @@ def _finish(
     started: float,
 ) -> dict[str, Any]:
     script_model(model)  # first, so a scripting error cannot waste the evaluation below
+    with heartbeat("fitting the orientation head on the frozen encoder", every_s=None):
+        orientation = fit_orientation_head(
+            model, splits.train.to(device), splits.val.to(device), device, config.seed
+        )
+    prior = _fit_prior(config, model, splits, device)  # before the test IWAE, which uses it
     metrics = {
         **_test_metrics(config, model, splits, device),
         "best_epoch": progress.best.epoch,
         "best_val_neg_elbo": round(progress.best.val_loss, 3),
         "epochs_trained": len(progress.history),
+        **orientation,
     }
-    with heartbeat("fitting the orientation head on the frozen encoder", every_s=None):
-        metrics.update(
-            fit_orientation_head(
-                model, splits.train.to(device), splits.val.to(device), device, config.seed
-            )
-        )
     logger.info("test metrics: %s", metrics)
-    prior = _fit_prior(config, model, splits, device)
     scripted = script_model(model)
     calibration_images = splits.val if len(splits.val) else splits.train
     calibration_split = "validation" if len(splits.val) else "train"
@@ -247,11 +247,11 @@ def _finish(
 def _fit_prior(
     config: TrainConfig, model: VAE, splits: MnistSplits, device: torch.device
 ) -> dict[str, Any]:
-    """Fit the mixture /sample draws from to the training digits' posterior means, set it in
+    """Fit the mixture /sample draws from to the training digits' posterior draws, set it in
     `model.prior` (exported with the model) and return what metadata["prior"] records."""
     prior_config = LIMITED_PRIOR if config.limit is not None else PriorConfig()
     started = time.perf_counter()
-    with heartbeat("fitting the latent prior to the training posterior means"):
+    with heartbeat("fitting the latent prior to the training posterior"):
         fit = fit_prior(model, splits.train, splits.val, device, config.seed, prior_config)
     mixture = fit.mixture
     model.prior.set_mixture(
@@ -275,10 +275,10 @@ def _fit_prior(
 def _test_metrics(
     config: TrainConfig, model: VAE, splits: MnistSplits, device: torch.device
 ) -> dict[str, Any]:
-    """Test-set figures of the VAE weights; cached in the run folder by a hash of those
-    weights, because the k=1000 IWAE estimate takes minutes and re-exporting a finished run
-    (e.g. to refit the orientation head) does not change it."""
-    vae_hash = _vae_weights_hash(model)
+    """Test-set figures of the VAE weights and fitted prior; cached in the run folder by a
+    hash of those, because the k=1000 IWAE estimate takes minutes and re-exporting a
+    finished run (e.g. to refit the orientation head) does not change it."""
+    vae_hash = _likelihood_weights_hash(model)
     iwae_images = iwae_subset(splits.test, config.iwae_images, config.seed)
     cache = config.out / TEST_METRICS_FILE
     if cache.exists():
@@ -296,8 +296,9 @@ def _test_metrics(
         model, test_images, iwae_images.to(device), config.iwae_k, config.seed, device
     )
     logger.info(
-        "test IWAE NLL %.2f (k=%d, %d images) in %.1f s",
-        iwae,
+        "test IWAE NLL %.2f, %.2f under the fitted prior (k=%d, %d images) in %.1f s",
+        iwae.iwae_nll,
+        iwae.fitted_iwae_nll,
         config.iwae_k,
         len(iwae_images),
         timed(iwae_started),
@@ -306,13 +307,20 @@ def _test_metrics(
         "test_neg_elbo": round(test_terms.loss, 3),
         "test_recon": round(test_terms.recon, 3),
         "test_kl": round(test_terms.kl, 3),
-        "test_iwae_nll": round(iwae, 3),
+        "test_iwae_nll": round(iwae.iwae_nll, 3),
+        # Under the fitted prior, on the IWAE images (the -ELBO: mean of the k log weights).
+        "test_iwae_nll_fitted_prior": _rounded(iwae.fitted_iwae_nll),
+        "test_neg_elbo_fitted_prior": _rounded(iwae.fitted_neg_elbo),
         "iwae_k": config.iwae_k,
         "iwae_images": len(iwae_images),
         "active_units": active_units(model, test_images, device),
     }
     cache.write_text(json.dumps({**metrics, "vae_weights_sha256": vae_hash}, indent=2))
     return metrics
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
 
 
 def likelihood_bounds(
@@ -322,17 +330,18 @@ def likelihood_bounds(
     k: int,
     seed: int,
     device: torch.device,
-) -> tuple[LossTerms, float]:
+) -> tuple[LossTerms, ImportanceEstimates]:
     """The published test figures of a model (vae-train's, and benchmarks/likelihood's for an
     exported one): -ELBO with one draw per image from the global generator seeded with
-    `seed`, then the k-sample IWAE estimate on `iwae_images` from a generator of its own."""
+    `seed`, then the k-sample estimates on `iwae_images` from a generator of its own."""
     seed_everything(seed)
     terms = evaluate(model, iterate_batches(test, 1024, device))
     logger.info("test negative ELBO %.2f", terms.loss)
     # channels_last: the same float32 arithmetic in another memory order, which oneDNN's
     # convolutions run ~1.5x faster on CPU (model v2's decoder: 0.79 -> 0.52 ms per latent).
     evaluated = copy.deepcopy(model).to(memory_format=torch.channels_last)
-    return terms, iwae_nll(evaluated, iwae_images, k, device, torch.Generator().manual_seed(seed))
+    generator = torch.Generator().manual_seed(seed)
+    return terms, importance_estimates(evaluated, iwae_images, k, device, generator)
 
 
 def iwae_subset(test: torch.Tensor, count: int | None, seed: int) -> torch.Tensor:
@@ -343,12 +352,11 @@ def iwae_subset(test: torch.Tensor, count: int | None, seed: int) -> torch.Tenso
     return test[order[:count]]
 
 
-def _vae_weights_hash(model: VAE) -> str:
-    """Hash of the encoder and decoder only (the orientation head and the prior are fitted
-    afterwards)."""
+def _likelihood_weights_hash(model: VAE) -> str:
+    """Hash of what the test likelihoods depend on: encoder, decoder and fitted prior (not
+    the orientation head)."""
     state = model.state_dict()
-    fitted_later = ("orientation.", "prior.")
-    return state_dict_sha256({k: v for k, v in state.items() if not k.startswith(fitted_later)})
+    return state_dict_sha256({k: v for k, v in state.items() if not k.startswith("orientation.")})
 
 
 @torch.no_grad()

@@ -1,8 +1,14 @@
 """Fitting the latent prior /sample draws from, after training: a full-covariance Gaussian
-mixture over the posterior means of the training digits (ex-post density estimation, Ghosh
-et al. 2020). The aggregate posterior of a trained VAE does not fill N(0, I): latents drawn
-from the holes decode to blurs, latents drawn from a density fitted to where the encoder
-actually puts digits decode to digits.
+mixture over posterior draws z ~ q(z|x) of the training digits, i.e. over the aggregate
+posterior (ex-post density estimation, Ghosh et al. 2020). That aggregate does not fill
+N(0, I): latents drawn from the holes decode to blurs, latents drawn from a density fitted
+to where the encoder actually puts digits decode to digits.
+
+Draws rather than posterior means, because the fitted prior is also the decoder's prior in
+the published likelihood: a mixture of the means alone is far narrower than q(z|x) on the
+inactive units, so log p(z) of posterior draws would collapse. On model v2 (K=100, 1,000
+test images) the draws' mixture tightens the test IWAE bound by ~0.9 nats against N(0, I)
+while samples stay digits (classifier Frechet distance 4.3 against 3.0 for the means').
 
 EM in torch (float64: the covariance updates subtract nearly equal numbers), k-means++
 initialisation from a seeded generator, and the number of components chosen on the
@@ -34,6 +40,9 @@ class PriorConfig:
     # Added to every covariance: keeps components on nearly constant (inactive) latent
     # units, or on a handful of points, from collapsing to a singular matrix.
     covariance_floor: float = 1e-4
+    # Posterior draws per training digit: 2 x 55,000 points fill K=100 full covariances
+    # (528 numbers each at D=32) about twice over; validation digits get one draw each.
+    posterior_draws: int = 2
 
 
 # A smoke run (--limit) only needs a prior that exists and has the served shape.
@@ -158,10 +167,17 @@ def fit_gaussian_mixture(
 
 
 @torch.no_grad()
-def posterior_means(model: VAE, images: Tensor, device: torch.device) -> Tensor:
-    """uint8 (N, 28, 28) -> (N, D) posterior means on the CPU."""
+def posterior_draws(
+    model: VAE, images: Tensor, device: torch.device, draws: int, generator: torch.Generator
+) -> Tensor:
+    """uint8 (N, 28, 28) -> (draws * N, D) latents z ~ q(z|x) on the CPU, draw by draw."""
     model.eval()
-    return torch.cat([model.encode(x)[0].cpu() for x in iterate_batches(images, 1024, device)])
+    encoded = [model.encode(x) for x in iterate_batches(images, 1024, device)]
+    means = torch.cat([mu.cpu() for mu, _ in encoded])
+    stds = torch.cat([torch.exp(0.5 * logvar).cpu() for _, logvar in encoded])
+    return torch.cat(
+        [means + stds * torch.randn(means.shape, generator=generator) for _ in range(draws)]
+    )
 
 
 def affordable_components(candidates: tuple[int, ...], points: int, dims: int) -> list[int]:
@@ -180,12 +196,13 @@ def fit_prior(
     seed: int,
     config: PriorConfig | None = None,
 ) -> PriorFit:
-    """Fit a mixture per candidate K to the training digits' posterior means, keep the one
-    with the highest validation log-likelihood. Without a validation split, the last tenth
-    of the training means is held out for the choice instead."""
+    """Fit a mixture per candidate K to the training digits' posterior draws, keep the one
+    with the highest validation log-likelihood (one draw per validation digit). Without a
+    validation split, the last tenth of the training draws is held out for the choice."""
     config = config or PriorConfig()
-    train = posterior_means(model, train_images, device)
-    held_out = posterior_means(model, val_images, device) if len(val_images) else None
+    draws = torch.Generator().manual_seed(seed)
+    train = posterior_draws(model, train_images, device, config.posterior_draws, draws)
+    held_out = posterior_draws(model, val_images, device, 1, draws) if len(val_images) else None
     judged_on = "validation split"
     if held_out is None:
         cut = len(train) - max(1, len(train) // 10)
@@ -211,7 +228,10 @@ def fit_prior(
         "kind": "gaussian_mixture",
         "covariance": "full",
         "components": best_k,
-        "fitted_on": "posterior means of the training split",
+        "fitted_on": (
+            f"posterior draws of the training split ({config.posterior_draws} per digit): "
+            "the aggregate posterior"
+        ),
         "chosen_on": judged_on,
         "val_log_likelihood": round(best_log_likelihood, 3),
         "candidates": per_k,

@@ -98,24 +98,49 @@ def evaluate(model: VAE, batches: Iterable[Tensor]) -> LossTerms:
     return _mean_terms(totals, count)
 
 
+@dataclass(frozen=True)
+class ImportanceEstimates:
+    """Means per image in nats, from the same k posterior draws per image."""
+
+    iwae_nll: float  # IWAE estimate of -log p(x) under N(0, I), the prior the VAE trained with
+    # Under the fitted prior (LatentPrior, what /sample draws from): the IWAE estimate and
+    # -ELBO as the mean of the k log weights. None for a module without one (model v1).
+    fitted_iwae_nll: float | None
+    fitted_neg_elbo: float | None
+
+
 @torch.no_grad()
-def iwae_nll(
+def importance_estimates(
     model: VAE, images: Tensor, k: int, device: torch.device, generator: torch.Generator
-) -> float:
-    """Importance-weighted estimate of -log p(x) per image (Burda et al. 2016), k samples.
+) -> ImportanceEstimates:
+    """Importance-weighted estimates of -log p(x) per image (Burda et al. 2016), k samples.
 
     Images are processed a few at a time so that B * k decoder outputs fit in memory.
     """
     model.eval()
+    with_fitted = hasattr(model, "importance_weights")
     images_per_chunk = max(1, 8192 // k)
-    total = 0.0
+    totals = torch.zeros(3, dtype=torch.float64)
     chunks = iterate_batches(images, images_per_chunk, device)
     for x in track(chunks, batch_count(images, images_per_chunk), f"test IWAE NLL, k={k}"):
         eps = torch.randn(k, model.latent_dim, generator=generator).to(device)  # (k, D)
-        _, log_weights, _ = model.importance_terms(x, eps)  # (B, k)
-        log_mean_weight = torch.logsumexp(log_weights, dim=1) - math.log(k)
-        total += float(-log_mean_weight.sum())
-    return total / len(images)
+        if with_fitted:
+            standard, fitted = model.importance_weights(x, eps)  # (B, k) each
+        else:
+            _, standard, _ = model.importance_terms(x, eps)
+            fitted = standard
+        totals += torch.stack(
+            [-_log_mean_exp(standard).sum(), -_log_mean_exp(fitted).sum(), -fitted.mean(1).sum()]
+        ).cpu()
+    iwae, fitted_iwae, fitted_elbo = (float(total) / len(images) for total in totals)
+    if not with_fitted:
+        return ImportanceEstimates(iwae, None, None)
+    return ImportanceEstimates(iwae, fitted_iwae, fitted_elbo)
+
+
+def _log_mean_exp(log_weights: Tensor) -> Tensor:
+    """(B, k) -> (B,) log of the mean of exp over k, without overflow."""
+    return torch.logsumexp(log_weights, dim=1) - math.log(log_weights.shape[1])
 
 
 @torch.no_grad()
