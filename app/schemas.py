@@ -52,9 +52,9 @@ class SampleOptions(BaseModel):
 
     prior: Literal["fitted", "standard"] | None = Field(
         None,
-        description="fitted: the mixture fitted to the training digits' latent codes (digits "
-        "look more like MNIST); standard: N(0, I). Default: fitted when the model has one "
-        "(GET /model: prior, priors)",
+        description="fitted: the mixture fitted to where the encoder puts the training "
+        "digits (their aggregate posterior; digits look more like MNIST); standard: N(0, I). "
+        "Default: fitted when the model has one (GET /model: prior, priors)",
     )
 
 
