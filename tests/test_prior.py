@@ -221,8 +221,12 @@ def test_the_prior_is_fitted_to_posterior_draws_of_the_training_digits(
     assert "posterior draws" in engine.checkpoint.metadata["prior"]["fitted_on"]
 
 
-def test_the_run_records_its_likelihood_under_the_fitted_prior(engine: Engine) -> None:
+def test_the_run_records_its_likelihood_under_the_fitted_prior(
+    engine: Engine, tiny_run: Path
+) -> None:
     metrics = engine.checkpoint.metadata["metrics"]
+    card = (tiny_run / "MODEL_CARD.md").read_text()
+    assert f"| test IWAE NLL, fitted prior (k = {metrics['iwae_k']}" in card
     fitted_iwae, fitted_elbo = (
         metrics["test_iwae_nll_fitted_prior"],
         metrics["test_neg_elbo_fitted_prior"],
