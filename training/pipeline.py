@@ -278,18 +278,18 @@ def _test_metrics(
     """Test-set figures of the VAE weights and fitted prior; cached in the run folder by a
     hash of those, because the k=1000 IWAE estimate takes minutes and re-exporting a
     finished run (e.g. to refit the orientation head) does not change it."""
-    vae_hash = _likelihood_weights_hash(model)
+    weights_hash = _likelihood_weights_hash(model)
     iwae_images = iwae_subset(splits.test, config.iwae_images, config.seed)
     cache = config.out / TEST_METRICS_FILE
     if cache.exists():
         cached = json.loads(cache.read_text())
         if (
-            cached.get("vae_weights_sha256") == vae_hash
+            cached.get("likelihood_weights_sha256") == weights_hash
             and cached.get("iwae_k") == config.iwae_k
             and cached.get("iwae_images") == len(iwae_images)
         ):
             logger.info("reusing test metrics from %s", cache)
-            return {key: value for key, value in cached.items() if key != "vae_weights_sha256"}
+            return {k: v for k, v in cached.items() if k != "likelihood_weights_sha256"}
     test_images = splits.test.to(device)
     iwae_started = time.perf_counter()
     test_terms, iwae = likelihood_bounds(
@@ -315,7 +315,7 @@ def _test_metrics(
         "iwae_images": len(iwae_images),
         "active_units": active_units(model, test_images, device),
     }
-    cache.write_text(json.dumps({**metrics, "vae_weights_sha256": vae_hash}, indent=2))
+    cache.write_text(json.dumps({**metrics, "likelihood_weights_sha256": weights_hash}, indent=2))
     return metrics
 
 
