@@ -88,12 +88,14 @@ class Settings(BaseSettings):
         le=16,
         description="batches the model runs at once, each on one thread of its own",
     )
-    # Opt-in: bf16 changes the default score by up to ~0.1 (median 0.008 on MNIST test digits,
-    # flagged share unchanged) against a calibration made in float32.
+    # Opt-in: against a calibration made in float32, bf16 moves the default score by a median
+    # 0.008 (max 0.18; threshold ~10.5) on the MNIST test digits, flagged share 1.45 -> 1.41%,
+    # and Monte Carlo scores by a median 0.02 nats (max 0.29), where float32 replies agree
+    # to rounding (docs/performance.md).
     precision: Literal["fp32", "bf16"] = Field(
         "fp32",
-        description="bf16: batches of 32+ images run under bfloat16 autocast on the CPU (faster "
-        "on CPUs with AMX/AVX-512 BF16; scores within ~0.1 of fp32)",
+        description="bf16: the model runs in bfloat16 on the CPU (~2x faster per image on CPUs "
+        "with AMX/AVX-512 BF16; scores within ~0.2 of fp32)",
     )
     # On: the same float32 results, forward passes 3-20% faster on this CPU (more under bf16;
     # app.execution.CpuExecution.prepare). Off is for CPUs where oneDNN's NHWC kernels turn

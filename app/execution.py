@@ -4,7 +4,7 @@ service knows which back end runs.
 
 - CpuExecution: convolution weights in channels_last order (VAE_CHANNELS_LAST), intra-op
   threads (torch's pool, one thread for small batches, one per instance with several model
-  instances), bfloat16 autocast for large batches when asked (VAE_PRECISION=bf16), and the
+  instances), bfloat16 weights and autocast when asked (VAE_PRECISION=bf16), and the
   process tuning `python -m app` applies (oneDNN kernel cache,
   glibc malloc arenas).
 - CudaExecution: device placement, inputs staged in pinned host buffers and copied
@@ -27,11 +27,6 @@ from vae_common.devices import resolve_device
 # Batches smaller than this run on one intra-op thread (see intra_op_threads). One-image
 # traffic forms batches of ~10-20 images; 64-image requests form batches of 64 and more.
 SMALL_BATCH_IMAGES = 32
-# VAE_PRECISION=bf16 runs batches of at least this many rows under bfloat16 autocast (AMX or
-# AVX-512 BF16 kernels). Measured on model v2, one thread, 10,000 MNIST test digits: batches
-# of 64 took 0.373 against 0.654 ms per image, batches of 16 0.886 against 0.930, so small
-# batches keep float32.
-BF16_MIN_ROWS = 32
 Precision = Literal["fp32", "bf16"]
 # oneDNN keeps compiled kernels per input shape in a cache. Forward passes run at fixed
 # batch buckets (app.engine.padded_batch_size): up to 256 images that is 328 kernels, all
@@ -82,8 +77,8 @@ class CpuExecution(Execution):
         instances every batch runs on one thread, so batches run side by side instead of
         splitting every operation across the cores. Set here, before the inference threads
         start (they take this setting), so that no instance changes it mid-batch.
-        `precision` "bf16": batches of BF16_MIN_ROWS or more run under bfloat16 autocast;
-        their outputs come back as float32. `channels_last`: see `prepare`."""
+        `precision` "bf16": every forward pass runs in bfloat16 (see `prepare`); outputs
+        come back as float32. `channels_last`: see `prepare`."""
         self.device = torch.device("cpu")
         self.precision: Precision = precision
         self.channels_last = channels_last
@@ -102,10 +97,21 @@ class CpuExecution(Execution):
         2026-11-29): default score 3-16% faster by batch size, /sample 10-20%, and 20-36%
         for batches of 64+ under VAE_PRECISION=bf16; float32 outputs within rounding (scores
         2e-4, pixels 1e-6). The weights' hash does not change (vae_common.checkpoint hashes
-        contiguous copies)."""
-        if not self.channels_last:
-            return
-        module.to(memory_format=torch.channels_last)  # nn.Module.to: 4-D tensors only
+        contiguous copies).
+
+        VAE_PRECISION=bf16: the parameters are stored in bfloat16 once, here. Autocast
+        would round the same float32 weights to the same bfloat16 values, but on every
+        pass: for model v2 that copy cost more than the AMX kernels saved on batches under
+        ~32 images. Cast once, the outputs are bit for bit those of autocast over float32
+        weights, and a pass of 16 images takes ~0.42 against ~0.76 ms per image in float32
+        (benchmarks/cpu_layout.py). Buffers (the latent prior) stay float32, as autocast
+        leaves them."""
+        if self.channels_last:
+            module.to(memory_format=torch.channels_last)  # nn.Module.to: 4-D tensors only
+        if self.precision == "bf16":
+            for parameter in module.parameters():
+                # .to keeps the memory order (channels_last) of each tensor.
+                parameter.data = parameter.data.to(torch.bfloat16)
 
     def running(self, rows: int) -> AbstractContextManager[None]:
         return self._batch(rows)
@@ -113,7 +119,9 @@ class CpuExecution(Execution):
     @contextmanager
     def _batch(self, rows: int) -> Iterator[None]:
         threads = 1 if rows < SMALL_BATCH_IMAGES else self.large_batch_threads
-        bf16 = self.precision == "bf16" and rows >= BF16_MIN_ROWS
+        # Every pass, whatever its size: with bfloat16 weights there is no float32 pass, and
+        # a reply does not depend on the batch it shared (a test checks).
+        bf16 = self.precision == "bf16"
         with (
             intra_op_threads(min(threads, getattr(_thread_cap, "threads", threads))),
             torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16),

@@ -21,7 +21,7 @@ from app.errors import InvalidInputError
 from app.execution import CpuExecution, CudaExecution, choose_execution
 from app.jobs import ReconstructJob, SampleJob, ScoreJob
 from tests.conftest import SHIPPED_MODEL
-from vae_common.checkpoint import weights_sha256
+from vae_common.checkpoint import load_checkpoint, weights_sha256
 from vae_common.scoring import SCORES
 
 
@@ -49,15 +49,14 @@ def test_cpu_execution_runs_small_batches_on_one_thread_and_restores_the_setting
     assert torch.get_num_threads() == before
 
 
-def test_bf16_precision_autocasts_large_batches_only_and_hands_back_float32() -> None:
+def test_bf16_precision_autocasts_every_pass_and_hands_back_float32() -> None:
     execution = CpuExecution(precision="bf16")
     try:
-        with execution.running(app.execution.BF16_MIN_ROWS - 1):
-            assert not torch.is_autocast_enabled("cpu")
-        with execution.running(app.execution.BF16_MIN_ROWS):
-            assert torch.is_autocast_enabled("cpu")
-            product = torch.ones(4, 4) @ torch.ones(4, 4)
-            assert product.dtype == torch.bfloat16
+        for rows in (1, 256):
+            with execution.running(rows):
+                assert torch.is_autocast_enabled("cpu")
+                product = torch.ones(4, 4) @ torch.ones(4, 4)
+                assert product.dtype == torch.bfloat16
         assert not torch.is_autocast_enabled("cpu")
         assert execution.to_host(product).dtype == torch.float32
     finally:
@@ -68,13 +67,41 @@ def test_bf16_precision_autocasts_large_batches_only_and_hands_back_float32() ->
     fp32.close()
 
 
-def test_bf16_scores_of_a_large_batch_stay_close_to_float32(tiny_model_path: Path) -> None:
+def test_bf16_weights_are_cast_once_and_compute_what_autocast_computes() -> None:
+    # The shipped model: convolutions and linear layers, in channels_last order.
+    x = torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    execution = CpuExecution(torch_threads=1, precision="bf16")
+    module = load_engine(SHIPPED_MODEL, execution, warm_up_rows=8).checkpoint.module
+    assert all(p.dtype == torch.bfloat16 for p in module.parameters())
+    assert all(b.dtype == torch.float32 for b in module.buffers())  # the prior stays float32
+    convolutions = [p for p in module.parameters() if p.dim() == 4 and p.shape[1] > 1]
+    assert convolutions and all(
+        p.is_contiguous(memory_format=torch.channels_last) for p in convolutions
+    )
+    # The float32 checkpoint under autocast rounds the same weights on every pass: the same
+    # numbers, bit for bit.
+    reference = load_checkpoint(SHIPPED_MODEL, torch.device("cpu")).module
+    with torch.inference_mode():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            expected = reference.anomaly_terms(x)
+        with execution.running(8):
+            got = module.anomaly_terms(x)
+    execution.close()
+    for want, have in zip(expected, got, strict=True):
+        assert torch.equal(want, have)
+
+
+def test_bf16_scores_stay_close_to_float32_whatever_the_batch(tiny_model_path: Path) -> None:
     x = torch.rand(64, 1, 28, 28)
     results = {}
     for precision in ("fp32", "bf16"):
         execution = CpuExecution(precision=precision)
         engine = load_engine(tiny_model_path, execution)
         results[precision] = engine.score(x, "neg_elbo", None)
+        if precision == "bf16":
+            # Every pass is bf16, so a reply does not depend on the batch it shared.
+            alone = torch.cat([engine.score(row, "neg_elbo", None).score for row in x[:5].split(1)])
+            torch.testing.assert_close(alone, results["bf16"].score[:5])
         execution.close()
     fp32, bf16 = results["fp32"], results["bf16"]
     assert bf16.score.dtype == torch.float32
