@@ -14,6 +14,7 @@ service knows which back end runs.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import threading
 from collections.abc import Iterator
@@ -23,6 +24,8 @@ from typing import Literal
 import torch
 
 from vae_common.devices import resolve_device
+
+logger = logging.getLogger("app.execution")
 
 # Batches smaller than this run on one intra-op thread (see intra_op_threads). One-image
 # traffic forms batches of ~10-20 images; 64-image requests form batches of 64 and more.
@@ -82,6 +85,12 @@ class CpuExecution(Execution):
         self.device = torch.device("cpu")
         self.precision: Precision = precision
         self.channels_last = channels_last
+        if precision == "bf16" and not native_bf16():
+            logger.warning(
+                "VAE_PRECISION=bf16 on a CPU without AMX or AVX-512 BF16: oneDNN emulates "
+                "bfloat16 here, which can be slower than fp32 (compare both with "
+                "python -m benchmarks.cpu_layout)"
+            )
         self._threads_before = torch.get_num_threads()  # restored by close()
         if model_instances > 1:
             torch.set_num_threads(1)
@@ -184,6 +193,14 @@ class CudaExecution(Execution):
         # Measure first with benchmarks/gpu.sh: at ~1 ms per batch, launch overhead may not
         # be what limits the service.
         torch.cuda.synchronize(self.device)
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AMX tiles or AVX-512 BF16), where
+    VAE_PRECISION=bf16 was measured ~2x faster than fp32."""
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    # Private probes of torch.cpu; a torch without them is treated as lacking both.
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
 
 
 def pinned_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:

@@ -4,6 +4,7 @@ lacks calibration for some scores, over HTTP."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from pathlib import Path
@@ -65,6 +66,17 @@ def test_bf16_precision_autocasts_every_pass_and_hands_back_float32() -> None:
     with fp32.running(256):
         assert not torch.is_autocast_enabled("cpu")
     fp32.close()
+
+
+def test_bf16_on_a_cpu_without_bfloat16_hardware_warns_at_start(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(app.execution, "native_bf16", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="app.execution"):
+        CpuExecution(precision="bf16").close()
+        CpuExecution(precision="fp32").close()
+    (warning,) = caplog.records
+    assert "without AMX or AVX-512 BF16" in warning.getMessage()
 
 
 def test_bf16_weights_are_cast_once_and_compute_what_autocast_computes() -> None:
