@@ -95,7 +95,7 @@ class Settings(BaseSettings):
     precision: Literal["fp32", "bf16"] = Field(
         "fp32",
         description="bf16: the model runs in bfloat16 on the CPU (~2x faster per image on CPUs "
-        "with AMX/AVX-512 BF16; scores within ~0.2 of fp32)",
+        "with AMX/AVX-512 BF16; scores within ~0.3 of fp32)",
     )
     # On: the same float32 results, forward passes 3-20% faster on this CPU (more under bf16;
     # app.execution.CpuExecution.prepare). Off is for CPUs where oneDNN's NHWC kernels turn
