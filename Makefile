@@ -76,11 +76,12 @@ train: $(VENV)/.dev  ## retrain the published model (needs MNIST under VAE_DATA_
 	$(BIN)/vae-train --arch resconv --precision bf16 --channels-last --epochs 75 \
 		--kl-warmup-epochs 5 --iwae-images 1000 --out runs/resconv-v2  # the published run (model v2), seed 42
 
-benchmarks: $(VENV)/.dev  ## training speed, anomaly scores, HTTP load (needs wrk: apt-get install wrk)
+benchmarks: $(VENV)/.dev  ## training speed, anomaly scores, HTTP load (needs wrk: apt-get install wrk), request path
 	@command -v wrk >/dev/null || { echo "the load benchmark needs wrk: sudo apt-get install wrk"; exit 1; }
 	$(BIN)/python -m benchmarks.train_speed
 	$(BIN)/python -m benchmarks.anomaly
 	$(BIN)/python -m benchmarks.serve_load
+	$(BIN)/python -m benchmarks.request_path
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
