@@ -90,9 +90,10 @@ def test_bf16_weights_are_cast_once_and_compute_what_autocast_computes() -> None
     assert convolutions and all(
         p.is_contiguous(memory_format=torch.channels_last) for p in convolutions
     )
-    # The float32 checkpoint under autocast rounds the same weights on every pass: the same
-    # numbers, bit for bit.
+    # The float32 checkpoint (in the same memory order) under autocast rounds the same
+    # weights on every pass: the same numbers, bit for bit.
     reference = load_checkpoint(SHIPPED_MODEL, torch.device("cpu")).module
+    reference.to(memory_format=torch.channels_last)
     with torch.inference_mode():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             expected = reference.anomaly_terms(x)
