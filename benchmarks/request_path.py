@@ -170,7 +170,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.* is deprecated")
-    digits, _ = load_digits(args.data_root)
+    digits, source = load_digits(args.data_root)
+    print(f"inputs: {source}")
     asyncio.run(measure(args.model, list(digits), args.requests, args.rounds))
 
 
