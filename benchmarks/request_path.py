@@ -19,13 +19,14 @@ import platform
 import statistics
 import time
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from fastapi import FastAPI
 
 from app.batching import Lanes, Served
 from app.config import Settings
@@ -33,16 +34,15 @@ from app.deps import Services
 from app.jobs import Job
 from app.main import create_app
 from benchmarks import bare_app
-from benchmarks.serve_load.payloads import Payload, load_digits, upload
+from benchmarks.serve_load.payloads import Payload, load_digits
+from benchmarks.serve_load.scenarios import SCENARIOS, Inputs
 
 ASGIApp = Callable[..., Awaitable[None]]
 Message = MutableMapping[str, Any]
 
 
-@dataclass(frozen=True)
-class Case:
-    name: str
-    payload: Payload  # its path, headers and body; served by both apps
+# serve_load's scenarios, so that both benchmarks send the same bodies.
+SCENARIO_NAMES = ("anomaly-1", "anomaly-1-raw", "anomaly-64")
 
 
 class ReplayingLanes(Lanes):
@@ -59,14 +59,10 @@ class ReplayingLanes(Lanes):
         return self._results[key]
 
 
-def cases(digits: list[bytes]) -> list[Case]:
-    return [
-        Case("/anomaly-score, 1 PNG", upload("/anomaly-score", "files", digits[:1])),
-        Case(
-            "same, preprocess=none", upload("/anomaly-score?preprocess=none", "files", digits[:1])
-        ),
-        Case("/anomaly-score, 64 PNGs", upload("/anomaly-score", "files", digits[:64])),
-    ]
+def payloads(digits: Sequence[bytes], latent_dim: int) -> dict[str, Payload]:
+    """One request of each scenario, by scenario name."""
+    inputs = Inputs(digits, latent_dim)
+    return {name: SCENARIOS[name].build(inputs)[0] for name in SCENARIO_NAMES}
 
 
 def http_scope(payload: Payload) -> dict[str, Any]:
@@ -123,7 +119,7 @@ async def cpu_us_per_request(app: ASGIApp, payload: Payload, requests: int) -> f
 
 
 @asynccontextmanager
-async def served(model: Path) -> AsyncIterator[ASGIApp]:
+async def served(model: Path) -> AsyncIterator[FastAPI]:
     """The service's app, started, with its batcher replaying results."""
     app = create_app(Settings(model_path=model, log_level="warning", drain_seconds=0))
     async with app.router.lifespan_context(app):
@@ -132,34 +128,36 @@ async def served(model: Path) -> AsyncIterator[ASGIApp]:
         yield app
 
 
-async def measure(model: Path, digits: list[bytes], requests: int, rounds: int) -> None:
+async def measure(model: Path, digits: Sequence[bytes], requests: int, rounds: int) -> None:
     bare = bare_app.create_app()
     results: dict[tuple[str, str], list[float]] = {}
     async with served(model) as service:
+        requests_by_name = payloads(digits, service.state.services.engine.latent_dim)
         apps: dict[str, ASGIApp] = {"service": service, "bare app": bare}
-        for case in cases(digits):  # warm-up: the first result of each job is computed
+        for payload in requests_by_name.values():  # warm-up: each job's result is computed
             for app in apps.values():
-                await cpu_us_per_request(app, case.payload, 20)
+                await cpu_us_per_request(app, payload, 20)
         for _ in range(rounds):
-            for case in cases(digits):
+            for scenario, payload in requests_by_name.items():
                 for name, app in apps.items():
-                    cell = results.setdefault((case.name, name), [])
-                    cell.append(await cpu_us_per_request(app, case.payload, requests))
+                    cell = results.setdefault((scenario, name), [])
+                    cell.append(await cpu_us_per_request(app, payload, requests))
     print(
         f"{model}, {platform.processor() or 'cpu'}, {datetime.date.today()}: CPU us per request "
         f"on the event loop, model replayed, median of {rounds} rounds of {requests}\n"
     )
-    print("| request | service | bare app | service - bare |")
+    print("| scenario | service | bare app | service - bare |")
     print("|---|--:|--:|--:|")
-    for case in cases(digits):
-        service_us = statistics.median(results[(case.name, "service")])
-        bare_us = statistics.median(results[(case.name, "bare app")])
-        print(f"| {case.name} | {service_us:.0f} | {bare_us:.0f} | {service_us - bare_us:+.0f} |")
+    for scenario in SCENARIO_NAMES:
+        service_us = statistics.median(results[(scenario, "service")])
+        bare_us = statistics.median(results[(scenario, "bare app")])
+        print(f"| {scenario} | {service_us:.0f} | {bare_us:.0f} | {service_us - bare_us:+.0f} |")
     print("\nEvery round (service / bare app):\n")
-    for case in cases(digits):
-        service_rounds = results[(case.name, "service")]
-        rounds_us = zip(service_rounds, results[(case.name, "bare app")], strict=True)
-        print(f"- {case.name}: " + ", ".join(f"{a:.0f} / {b:.0f}" for a, b in rounds_us))
+    for scenario in SCENARIO_NAMES:
+        service_rounds = results[(scenario, "service")]
+        rounds_us = zip(service_rounds, results[(scenario, "bare app")], strict=True)
+        print(f"- {scenario}: " + ", ".join(f"{a:.0f} / {b:.0f}" for a, b in rounds_us))
+    print("\n" + "\n".join(f"- {name}: {SCENARIOS[name].description}" for name in SCENARIO_NAMES))
 
 
 def main() -> None:
@@ -172,7 +170,7 @@ def main() -> None:
     warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.* is deprecated")
     digits, source = load_digits(args.data_root)
     print(f"inputs: {source}")
-    asyncio.run(measure(args.model, list(digits), args.requests, args.rounds))
+    asyncio.run(measure(args.model, digits, args.requests, args.rounds))
 
 
 if __name__ == "__main__":

@@ -19,11 +19,10 @@ from benchmarks.serve_load.payloads import synthetic_digits
 def test_the_table_has_a_figure_per_case_and_app(
     tiny_model_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    digits = synthetic_digits(64)
-    asyncio.run(request_path.measure(tiny_model_path, digits, requests=5, rounds=2))
+    asyncio.run(request_path.measure(tiny_model_path, synthetic_digits(64), requests=5, rounds=2))
     out = capsys.readouterr().out
-    for case in request_path.cases(digits):
-        row = next(line for line in out.splitlines() if line.startswith(f"| {case.name} |"))
+    for scenario in request_path.SCENARIO_NAMES:
+        row = next(line for line in out.splitlines() if line.startswith(f"| {scenario} |"))
         service_us, bare_us, _ = (
             float(cell) for cell in re.findall(r"[-+]?\d+(?:\.\d+)?", row)[-3:]
         )
@@ -31,7 +30,7 @@ def test_the_table_has_a_figure_per_case_and_app(
 
 
 def test_the_service_computes_each_job_once_and_replays_it(tiny_model_path: Path) -> None:
-    payload = request_path.cases(synthetic_digits(64))[0].payload
+    payload = request_path.payloads(synthetic_digits(64), latent_dim=0)["anomaly-1"]
 
     async def scenario() -> int:
         async with request_path.served(tiny_model_path) as app:
