@@ -70,6 +70,24 @@ class Settings(BaseSettings):
     batch_max_delay_ms: float = Field(
         1.0, ge=0.0, le=1000.0, description="dynamic batching: longest wait to fill a batch"
     )
+    # 16 with 10 ms: under 32 one-PNG connections on 2 cores (serve_load, 5 rounds,
+    # 2026-11-29) 1,056 against 721 req/s with 0 (off), at the same CPU per request (1.44
+    # against 1.41 ms) and p99 46 against 62 ms. Preferred 8, 24 and 32 served 830, 921 and
+    # 696 req/s against 1,176 with 16 (3 rounds); a 5 ms busy delay made batches of ~14 at
+    # 1.4x the CPU per request of 10 ms. docs/performance.md, "Lockstep".
+    batch_preferred_size: int = Field(
+        16,
+        ge=0,
+        description="dynamic batching: start a batch as soon as this many images wait and a "
+        "model instance is free, without waiting for the delay (0: off)",
+    )
+    batch_busy_delay_ms: float = Field(
+        10.0,
+        ge=0.0,
+        le=1000.0,
+        description="dynamic batching: while a batch runs, longest wait for the preferred "
+        "size before the next batch starts on a free instance",
+    )
     batch_queue_images: int = Field(
         4096, ge=1, description="images waiting for the model before requests get 503"
     )

@@ -85,7 +85,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         max_workers=1, thread_name_prefix="inference-heavy", initializer=one_intra_op_thread
     )
 
-    def lane(executor: ThreadPoolExecutor, max_running: int, max_size: int) -> DynamicBatcher:
+    def lane(
+        executor: ThreadPoolExecutor, max_running: int, max_size: int, preferred_size: int = 0
+    ) -> DynamicBatcher:
         return DynamicBatcher(
             engines=engines,
             executor=executor,
@@ -94,11 +96,18 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
             max_queued_images=settings.batch_queue_images,
             stats=BatchStats(on_batch=partial(_observe_batch, metrics)),
             max_running=max_running,
+            preferred_size=preferred_size,
+            busy_delay_s=settings.batch_busy_delay_ms / 1000.0,
         )
 
     chunk_rows = min(HEAVY_CHUNK_ROWS, settings.batch_max_size)
     batcher = Lanes(
-        cheap=lane(executor, settings.model_instances, settings.batch_max_size),
+        cheap=lane(
+            executor,
+            settings.model_instances,
+            settings.batch_max_size,
+            min(settings.batch_preferred_size, settings.batch_max_size),
+        ),
         heavy=lane(heavy_executor, 1, chunk_rows),
         chunk_rows=chunk_rows,
     )

@@ -70,7 +70,7 @@ def run_batcher(
 
     async def main() -> None:
         holder = FakeHolder(engine)
-        with ThreadPoolExecutor(max_workers=1) as executor:
+        with ThreadPoolExecutor(max_workers=settings.get("max_running", 1)) as executor:
             batcher = DynamicBatcher(holder, executor, **settings)
             batcher.start()
             try:
@@ -145,6 +145,71 @@ def test_without_a_delay_a_later_request_gets_a_batch_of_its_own() -> None:
 
     run_batcher(scenario, engine, max_size=2, max_delay_s=0.0)
     assert engine.batches == [(Tag("a"), [1.0]), (Tag("a"), [2.0])]
+
+
+def test_preferred_rows_start_a_batch_from_submit_without_waiting_for_the_delay() -> None:
+    engine = FakeEngine("e1", [])
+
+    async def scenario(batcher: DynamicBatcher, _: FakeHolder) -> None:
+        # Submitted in one event-loop turn, as a burst of parsed requests is: the collector
+        # does not run in between, so only submit can start the batch before the delay.
+        burst = [submitted(batcher, Tag("a"), rows(i)) for i in range(3)]
+        await asyncio.wait_for(asyncio.gather(*burst), timeout=10)
+
+    run_batcher(scenario, engine, max_delay_s=60.0, preferred_size=3)
+    assert engine.batches == [(Tag("a"), [0.0, 1.0, 2.0])]
+
+
+def test_while_a_batch_runs_the_next_waits_for_preferred_rows() -> None:
+    gate = threading.Event()
+    engine = FakeEngine("e1", [], gate=gate)
+
+    async def scenario(batcher: DynamicBatcher, _: FakeHolder) -> None:
+        running = submitted(batcher, Tag("a"), rows(1))
+        await until(lambda: engine.started == 1)
+        waiting = submitted(batcher, Tag("a"), rows(2))
+        await asyncio.sleep(0.05)  # an instance is free and the delay (0) long past
+        assert engine.started == 1 and batcher.queued_images == 1
+        more = submitted(batcher, Tag("a"), rows(3, 4))  # 3 rows wait: preferred
+        await until(lambda: engine.started == 2)
+        gate.set()
+        await asyncio.gather(running, waiting, more)
+
+    run_batcher(scenario, engine, max_running=2, preferred_size=3, busy_delay_s=60.0)
+    assert sorted(values for _, values in engine.batches) == [[1.0], [2.0, 3.0, 4.0]]
+
+
+def test_rows_short_of_preferred_start_once_the_model_falls_idle() -> None:
+    gate = threading.Event()
+    engine = FakeEngine("e1", [], gate=gate)
+
+    async def scenario(batcher: DynamicBatcher, _: FakeHolder) -> None:
+        running = submitted(batcher, Tag("a"), rows(1))
+        await until(lambda: engine.started == 1)
+        waiting = submitted(batcher, Tag("a"), rows(2))
+        await asyncio.sleep(0.05)
+        assert engine.started == 1
+        gate.set()
+        await asyncio.wait_for(asyncio.gather(running, waiting), timeout=10)
+
+    run_batcher(scenario, engine, max_running=2, preferred_size=8, busy_delay_s=60.0)
+    assert engine.batches == [(Tag("a"), [1.0]), (Tag("a"), [2.0])]
+
+
+def test_rows_short_of_preferred_start_on_a_free_instance_after_the_busy_delay() -> None:
+    gate = threading.Event()
+    engine = FakeEngine("e1", [], gate=gate)
+
+    async def scenario(batcher: DynamicBatcher, _: FakeHolder) -> None:
+        running = submitted(batcher, Tag("a"), rows(1))
+        await until(lambda: engine.started == 1)
+        waiting = submitted(batcher, Tag("a"), rows(2))
+        await until(lambda: engine.started == 2)  # the first batch is still running
+        gate.set()
+        await asyncio.gather(running, waiting)
+
+    run_batcher(scenario, engine, max_running=2, preferred_size=8, busy_delay_s=0.05)
+    assert sorted(values for _, values in engine.batches) == [[1.0], [2.0]]
 
 
 def test_a_full_queue_refuses_more_rows_until_it_drains() -> None:
