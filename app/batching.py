@@ -160,9 +160,15 @@ class DynamicBatcher:
         started = time.perf_counter()
         # Handed to the thread now, not when a task first runs: submit starts batches in
         # the middle of a burst of requests, which the event loop finishes first.
-        computing = asyncio.get_running_loop().run_in_executor(
-            self._executor, self._execute, batch[0].job, inputs
-        )
+        try:
+            computing = asyncio.get_running_loop().run_in_executor(
+                self._executor, self._execute, batch[0].job, inputs
+            )
+        except RuntimeError as exc:  # the executor has shut down: fail these, not the caller
+            for request in batch:
+                if not request.future.done():
+                    request.future.set_exception(exc)
+            return
         task = asyncio.create_task(self._deliver(batch, len(inputs), started, computing))
         self._running.add(task)
         task.add_done_callback(self._finished)

@@ -212,6 +212,20 @@ def test_rows_short_of_preferred_start_on_a_free_instance_after_the_busy_delay()
     assert sorted(values for _, values in engine.batches) == [[1.0], [2.0]]
 
 
+def test_a_batch_that_cannot_reach_a_thread_fails_all_its_callers() -> None:
+    engine = FakeEngine("e1", [])
+
+    async def scenario(batcher: DynamicBatcher, _: FakeHolder) -> None:
+        batcher._executor.shutdown()  # as at the end of the lifespan
+        burst = [submitted(batcher, Tag("a"), rows(i)) for i in range(2)]
+        for task in burst:
+            with pytest.raises(RuntimeError, match="shutdown"):
+                await asyncio.wait_for(task, timeout=10)
+
+    run_batcher(scenario, engine, max_delay_s=60.0, preferred_size=2)
+    assert engine.batches == []
+
+
 def test_a_full_queue_refuses_more_rows_until_it_drains() -> None:
     gate = threading.Event()
     engine = FakeEngine("e1", [], gate=gate)
