@@ -226,6 +226,43 @@ def test_a_batch_that_cannot_reach_a_thread_fails_all_its_callers() -> None:
     assert engine.batches == []
 
 
+@pytest.mark.parametrize("preferred_size", [0, 1, 4, 16])
+def test_every_caller_gets_its_own_rows_under_random_traffic(preferred_size: int) -> None:
+    """Bursts and trickles of three jobs, some callers leaving early: every request that
+    stays is answered with its own rows, and nothing is left queued."""
+    engine = FakeEngine("e1", [])
+    rng = np.random.default_rng(7)
+
+    async def scenario(batcher: DynamicBatcher, _: FakeHolder) -> None:
+        calls: list[tuple[asyncio.Task[Served], np.ndarray]] = []
+        for i in range(300):
+            inputs = rows(*[i + k / 10 for k in range(int(rng.integers(1, 6)))])
+            job = Tag("abc"[int(rng.integers(0, 3))])
+            calls.append((submitted(batcher, job, inputs), inputs))
+            if rng.random() < 0.3:  # otherwise the next request joins this burst
+                await asyncio.sleep(float(rng.uniform(0, 0.002)))
+            if rng.random() < 0.05:
+                calls[-1][0].cancel()
+        for task, inputs in calls:
+            if task.cancelled():
+                continue
+            served = await asyncio.wait_for(task, timeout=10)
+            np.testing.assert_array_equal(served.outputs[0], inputs * 10)
+        assert batcher.queued_images == 0
+
+    run_batcher(
+        scenario,
+        engine,
+        max_size=12,
+        max_delay_s=0.001,
+        max_queued_images=10_000,
+        max_running=2,
+        preferred_size=preferred_size,
+        busy_delay_s=0.005,
+    )
+    assert all(len(values) <= 12 for _, values in engine.batches)
+
+
 def test_a_full_queue_refuses_more_rows_until_it_drains() -> None:
     gate = threading.Event()
     engine = FakeEngine("e1", [], gate=gate)
