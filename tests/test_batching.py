@@ -160,14 +160,21 @@ def test_preferred_rows_start_a_batch_from_submit_without_waiting_for_the_delay(
     assert engine.batches == [(Tag("a"), [0.0, 1.0, 2.0])]
 
 
+async def one_running_one_waiting(
+    batcher: DynamicBatcher, engine: FakeEngine
+) -> tuple[asyncio.Task[Served], asyncio.Task[Served]]:
+    """Row 1 in a batch that the engine's gate holds on one instance, then row 2 submitted."""
+    running = submitted(batcher, Tag("a"), rows(1))
+    await until(lambda: engine.started == 1)
+    return running, submitted(batcher, Tag("a"), rows(2))
+
+
 def test_while_a_batch_runs_the_next_waits_for_preferred_rows() -> None:
     gate = threading.Event()
     engine = FakeEngine("e1", [], gate=gate)
 
     async def scenario(batcher: DynamicBatcher, _: FakeHolder) -> None:
-        running = submitted(batcher, Tag("a"), rows(1))
-        await until(lambda: engine.started == 1)
-        waiting = submitted(batcher, Tag("a"), rows(2))
+        running, waiting = await one_running_one_waiting(batcher, engine)
         await asyncio.sleep(0.05)  # an instance is free and the delay (0) long past
         assert engine.started == 1 and batcher.queued_images == 1
         more = submitted(batcher, Tag("a"), rows(3, 4))  # 3 rows wait: preferred
@@ -184,9 +191,7 @@ def test_rows_short_of_preferred_start_once_the_model_falls_idle() -> None:
     engine = FakeEngine("e1", [], gate=gate)
 
     async def scenario(batcher: DynamicBatcher, _: FakeHolder) -> None:
-        running = submitted(batcher, Tag("a"), rows(1))
-        await until(lambda: engine.started == 1)
-        waiting = submitted(batcher, Tag("a"), rows(2))
+        running, waiting = await one_running_one_waiting(batcher, engine)
         await asyncio.sleep(0.05)
         assert engine.started == 1
         gate.set()
@@ -201,9 +206,7 @@ def test_rows_short_of_preferred_start_on_a_free_instance_after_the_busy_delay()
     engine = FakeEngine("e1", [], gate=gate)
 
     async def scenario(batcher: DynamicBatcher, _: FakeHolder) -> None:
-        running = submitted(batcher, Tag("a"), rows(1))
-        await until(lambda: engine.started == 1)
-        waiting = submitted(batcher, Tag("a"), rows(2))
+        running, waiting = await one_running_one_waiting(batcher, engine)
         await until(lambda: engine.started == 2)  # the first batch is still running
         gate.set()
         await asyncio.gather(running, waiting)
