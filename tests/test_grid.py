@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import pyspng
 import pytest
 import torch
 from PIL import Image
@@ -30,3 +31,14 @@ def test_uint8_png_shows_what_png_bytes_shows(scale: int) -> None:
     expected = png_bytes(make_grid(torch.from_numpy(images), nrow=2, padding=0), scale=scale)
     got = uint8_png(uint8_grid(images, nrow=2, padding=0), scale=scale)
     np.testing.assert_array_equal(pixels_of(got), pixels_of(expected))
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 70), (242, 242)])
+def test_uint8_png_reads_back_exactly_in_strict_decoders(shape: tuple[int, int]) -> None:
+    pixels = np.random.default_rng(shape[1]).integers(0, 256, shape, dtype=np.uint8)
+    encoded = uint8_png(pixels)
+    with Image.open(io.BytesIO(encoded)) as image:
+        image.verify()  # chunk CRCs and structure
+    with Image.open(io.BytesIO(encoded)) as image:
+        assert image.mode == "L" and image.size == (shape[1], shape[0])
+    np.testing.assert_array_equal(pyspng.load(encoded), pixels)  # libspng checks CRCs too
