@@ -74,7 +74,7 @@ class Settings(BaseSettings):
     # 2026-11-29) 1,056 against 721 req/s with 0 (off), at the same CPU per request (1.44
     # against 1.41 ms) and p99 46 against 62 ms. Preferred 8, 24 and 32 served 830, 921 and
     # 696 req/s against 1,176 with 16 (3 rounds); a 5 ms busy delay made batches of ~14 at
-    # 1.4x the CPU per request of 10 ms. docs/performance.md, "Lockstep".
+    # 1.4x the CPU per request of 10 ms (docs/performance.md, "Closed-loop clients in lockstep").
     batch_preferred_size: int = Field(
         16,
         ge=0,

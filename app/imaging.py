@@ -15,6 +15,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from app.errors import InvalidInputError, UnsupportedMediaTypeError
+from vae_common.grid import PNG_SIGNATURE
 from vae_common.pixels import (
     IMAGE_SIZE,
     FloatImage,
@@ -197,9 +198,6 @@ def _upright(levels: FloatImage, orientation: int) -> FloatImage:
     }[orientation]
     result: FloatImage = np.ascontiguousarray(turned)
     return result
-
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def is_small_png(data: bytes, max_side: int) -> bool:
