@@ -87,7 +87,6 @@ class DynamicBatcher:
         self._stats = stats or BatchStats()
         self._waiting: deque[_Request] = deque()
         self._rows_by_job: Counter[Job] = Counter()  # rows waiting, per job
-        self._queued_images = 0
         # Set when a request arrives or a batch finishes: what the collector waits for.
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -98,7 +97,7 @@ class DynamicBatcher:
 
     @property
     def queued_images(self) -> int:
-        return self._queued_images
+        return sum(self._rows_by_job.values())  # a handful of distinct jobs at most
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._collect_forever(), name="dynamic-batcher")
@@ -114,22 +113,21 @@ class DynamicBatcher:
             if not request.future.done():
                 request.future.set_exception(BatcherClosedError("the service is shutting down"))
         self._rows_by_job.clear()
-        self._queued_images = 0
 
     async def submit(self, job: Job, inputs: np.ndarray) -> Served:
         """Queue `inputs` for `job`; returns this request's rows of every output."""
         if self._task is None:
             raise BatcherClosedError("the model is not serving yet")
         count = len(inputs)
-        if self._queued_images + count > self._max_queued_images:
+        queued = self.queued_images
+        if queued + count > self._max_queued_images:
             raise QueueFullError(
-                f"{self._queued_images} images are already waiting for the model "
+                f"{queued} images are already waiting for the model "
                 f"(limit {self._max_queued_images})"
             )
         future: asyncio.Future[Served] = asyncio.get_running_loop().create_future()
         self._waiting.append(_Request(job, inputs, future))
         self._rows_by_job[job] += count
-        self._queued_images += count
         # Closed-loop clients fall into lockstep: a batch's replies come back together, the
         # next requests arrive together, and the event loop parses all of them in one turn
         # before the collector runs, so they made one batch and the model idled while they
@@ -226,7 +224,6 @@ class DynamicBatcher:
         return [request for request in batch if not request.future.done()]
 
     def _dequeued(self, job: Job, rows: int) -> None:
-        self._queued_images -= rows
         self._rows_by_job[job] -= rows
         if not self._rows_by_job[job]:
             del self._rows_by_job[job]
