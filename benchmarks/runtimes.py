@@ -25,7 +25,6 @@ import argparse
 import datetime
 import importlib
 import platform
-import shutil
 import statistics
 import tempfile
 import time
@@ -48,7 +47,7 @@ SERVICE = "service (TorchScript, NHWC)"
 
 def _service_module(model: Path) -> torch.jit.ScriptModule:
     module = load_checkpoint(model, torch.device("cpu")).module
-    CpuExecution(1).prepare(module)  # the service's channels_last weights
+    CpuExecution().prepare(module)  # the service's channels_last weights
     return module
 
 
@@ -83,36 +82,39 @@ class _Method(torch.nn.Module):
         return terms
 
 
-def _onnx_runtime(model: Path) -> Forward | str:
-    """A one-thread ONNX Runtime session over the exported method, or why there is none."""
+def _onnx_runtime(model: Path) -> tuple[str, Forward] | str:
+    """A one-thread ONNX Runtime session over the exported method, with its name, or why
+    there is none."""
     try:
         runtime: Any = importlib.import_module("onnxruntime")
         importlib.import_module("onnx")  # the exporter writes its protobuf with it
     except ImportError:
         return "left out: pip install onnxruntime onnx"
-    exported = Path(tempfile.mkdtemp()) / "anomaly_terms.onnx"
     module = load_checkpoint(model, torch.device("cpu")).module
     example = torch.rand(16, 1, IMAGE_SIZE, IMAGE_SIZE)
-    torch.onnx.export(
-        torch.jit.script(_Method(module)),
-        (example,),
-        exported,
-        dynamo=False,
-        input_names=["x"],
-        dynamic_axes={"x": {0: "batch"}},
-    )
     options = runtime.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # its dynamic batch axis warns on every run otherwise
-    session = runtime.InferenceSession(str(exported), options, providers=["CPUExecutionProvider"])
-    shutil.rmtree(exported.parent)
+    with tempfile.TemporaryDirectory() as folder:
+        exported = Path(folder) / f"{METHOD}.onnx"
+        torch.onnx.export(
+            torch.jit.script(_Method(module)),
+            (example,),
+            exported,
+            dynamo=False,
+            input_names=["x"],
+            dynamic_axes={"x": {0: "batch"}},
+        )
+        session = runtime.InferenceSession(
+            str(exported), options, providers=["CPUExecutionProvider"]
+        )
 
     def forward(x: torch.Tensor) -> Terms:
         outputs = session.run(None, {"x": x.numpy()})
         return tuple(torch.from_numpy(output) for output in outputs)
 
-    return forward
+    return f"ONNX Runtime {runtime.__version__}", forward
 
 
 def _scripted(module: torch.jit.ScriptModule) -> Forward:
@@ -135,7 +137,8 @@ def _variants(model: Path) -> tuple[dict[str, Forward], list[str]]:
     if isinstance(onnx, str):
         notes.append(f"ONNX Runtime {onnx}")
     else:
-        variants[f"ONNX Runtime {importlib.import_module('onnxruntime').__version__}"] = onnx
+        name, forward = onnx
+        variants[name] = forward
     return variants, notes
 
 
